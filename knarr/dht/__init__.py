@@ -1,0 +1,1 @@
+"""Compatibility import paths from the product description (``knarr.dht.node``)."""

@@ -1,0 +1,80 @@
+"""Who a peer is and where it listens, and the XOR metric between ids."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+
+from knarr.errors import MistypedMessage
+
+ID_SIZE = 32
+ID_BITS = ID_SIZE * 8
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A peer's 32-byte node id and the UDP address it answers on."""
+
+    node_id: bytes
+    host: str
+    port: int
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def to_wire(self) -> list[object]:
+        return [self.node_id, pack_ip(self.host), self.port]
+
+    @classmethod
+    def from_wire(cls, item: object) -> Contact:
+        """Parse ``[node_id, ip, port]``; anything else is a :class:`MistypedMessage`."""
+        if not isinstance(item, list) or len(item) != 3:
+            raise MistypedMessage("contact must be [node_id, ip, port]")
+        node_id, ip, port = item
+        if not isinstance(node_id, bytes) or len(node_id) != ID_SIZE:
+            raise MistypedMessage("contact node_id must be 32 bytes")
+        if not isinstance(ip, bytes) or len(ip) not in (4, 16):
+            raise MistypedMessage("contact ip must be 4 or 16 bytes")
+        if type(port) is not int or not 0 < port < 65536:
+            raise MistypedMessage("contact port must be 1..65535")
+        return cls(node_id, unpack_ip(ip), port)
+
+    def __repr__(self) -> str:
+        return f"Contact({self.node_id.hex()[:12]}…@{self.host}:{self.port})"
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """XOR distance between two ids, as an integer."""
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+@lru_cache(maxsize=65536)
+def pack_ip(host: str) -> bytes:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.inet_pton(family, host)
+    except OSError as exc:
+        raise ValueError(f"not an IP address: {host!r}") from exc
+
+
+@lru_cache(maxsize=65536)
+def unpack_ip(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+@lru_cache(maxsize=65536)
+def subnet_of(host: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) a host belongs to; ``None`` for loopback (exempt)."""
+    ip = ipaddress.ip_address(host)
+    if ip.is_loopback:
+        return None
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{host}/{prefix}", strict=False))
+
+
+@lru_cache(maxsize=65536)
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback

@@ -1,0 +1,557 @@
+"""The UDP Kademlia service: the asyncio glue around the pure protocol modules.
+
+It owns one datagram endpoint, answers PING / FIND_NODE / FIND_VALUE / STORE, matches
+replies to requests by nonce, keeps the routing table fresh and drives the pure
+:class:`~knarr.node.lookup.Lookup` machine. All time comes from ``clock`` (wall time, for
+message timestamps and record expiry) and the event loop (for timers), so the same code
+runs on real sockets and on the simulator's virtual-time loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+
+from knarr.errors import (
+    BootstrapFailed,
+    InvalidRecord,
+    LocalProtocolError,
+    NetworkError,
+    RemoteProtocolError,
+    RequestTimeout,
+)
+from knarr.node import wire
+from knarr.node.contact import Contact, is_loopback, pack_ip
+from knarr.node.identity import Identity
+from knarr.node.lookup import Lookup, RttEstimator
+from knarr.node.ratelimit import RateLimiter
+from knarr.node.records import RecordStore, SkillRecord, parse_record
+from knarr.node.routing import AddResult, RoutingTable, bucket_index, random_id_in_bucket
+from knarr.node.transport import Addr, DatagramEndpoint, DatagramNetwork, UdpNetwork
+from knarr.node.wire import (
+    Envelope,
+    Error,
+    ErrorCode,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Reply,
+    Request,
+    Store,
+    Stored,
+    Value,
+)
+
+log = logging.getLogger("knarr.dht")
+
+_EXPECTED_REPLIES: dict[type[Message], tuple[type[Reply], ...]] = {
+    Ping: (Pong, Error),
+    FindNode: (Nodes, Error),
+    FindValue: (Value, Nodes, Error),
+    Store: (Stored, Error),
+}
+AMPLIFICATION = 3  # a reply to an unproven address is at most this many times the request
+_REPLY_BUDGET = wire.MAX_DATAGRAM
+
+
+@dataclass
+class DhtSettings:
+    """Protocol parameters. Defaults follow the Kademlia paper where it has one."""
+
+    k: int = 20
+    alpha: int = 3
+    value_quorum: int = 3
+    window_s: float = 60.0
+    subnet_limit: int = 2
+    rate_limit: float = 200.0
+    rate_burst: float = 400.0
+    refresh_interval: float = 900.0
+    maintenance_interval: float = 60.0
+    record_ttl: int = 3600
+    republish_interval: float = 1800.0
+    read_only: bool = False
+    rtt: RttEstimator = field(default_factory=RttEstimator)
+
+
+@dataclass
+class DhtStats:
+    received: int = 0
+    sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    invalid: int = 0
+    rate_limited: int = 0
+    timeouts: int = 0
+    truncated_replies: int = 0
+
+
+@dataclass
+class LookupResult:
+    closest: list[Contact]
+    records: list[SkillRecord]
+    hops: int
+    queries: int
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[Envelope]
+    addr: Addr
+    expect: bytes | None
+    kinds: tuple[type[Reply], ...]
+    sent_at: float
+    timer: asyncio.TimerHandle | None = None
+
+
+class Dht:
+    """One node's presence in the DHT."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        settings: DhtSettings | None = None,
+        network: DatagramNetwork | None = None,
+        clock: Callable[[], float] = time.time,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.identity = identity
+        self.settings = s = settings or DhtSettings()
+        self.network: DatagramNetwork = network or UdpNetwork()
+        self.clock = clock
+        self.entropy = entropy
+        self.table = RoutingTable(identity.node_id, k=s.k, subnet_limit=s.subnet_limit)
+        self.records = RecordStore()
+        self.replay = wire.ReplayGuard(int(s.window_s * 1000))
+        self.limiter = RateLimiter(s.rate_limit, s.rate_burst)
+        self.rtt = s.rtt
+        self.stats = DhtStats()
+        self.endpoint: DatagramEndpoint | None = None
+        self._pending: dict[bytes, _Pending] = {}
+        self._proven: OrderedDict[Addr, None] = OrderedDict()
+        self._probing: set[bytes] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._closed = False
+        self.on_contact: Callable[[Contact, AddResult], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def bind(self, host: str, port: int) -> Addr:
+        self.endpoint = await self.network.bind(host, port, self.datagram_received)
+        return self.endpoint.local_address
+
+    def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for pending in self._pending.values():
+            if pending.timer:
+                pending.timer.cancel()
+            if not pending.future.done():
+                pending.future.cancel()
+        self._pending.clear()
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+    def _spawn(self, coro: object) -> None:
+        """Run a fire-and-forget coroutine that :meth:`close` cancels."""
+        if self._closed:
+            coro.close()  # type: ignore[attr-defined]
+            return
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # ------------------------------------------------------------------ sending
+
+    def _seal(self, message: Message) -> tuple[bytes, bytes]:
+        nonce = self.entropy(wire.NONCE_SIZE)
+        return nonce, wire.seal(self.identity, message, now_ms=self.now_ms, nonce=nonce)
+
+    def _send(self, data: bytes, addr: Addr) -> None:
+        assert self.endpoint is not None, "bind() first"
+        self.stats.sent += 1
+        self.stats.bytes_sent += len(data)
+        self.endpoint.send(data, addr)
+
+    def request(
+        self, addr: Addr, message: Request, *, expect: bytes | None = None,
+        timeout: float | None = None,
+    ) -> asyncio.Future[Envelope]:
+        """Send a request; the future resolves with the verified reply envelope, or fails
+        with :class:`RequestTimeout` or :class:`RemoteProtocolError`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Envelope] = loop.create_future()
+        if self._closed:
+            future.set_exception(NetworkError("the node is stopped"))
+            return future
+        nonce, data = self._seal(message)
+        pending = _Pending(future, addr, expect, _EXPECTED_REPLIES[type(message)], loop.time())
+        self._pending[nonce] = pending
+        wait = timeout if timeout is not None else self.rtt.timeout(addr)
+        pending.timer = loop.call_later(wait, self._expire, nonce)
+        self._send(data, addr)
+        return future
+
+    def _expire(self, nonce: bytes) -> None:
+        pending = self._pending.pop(nonce, None)
+        if pending is not None and not pending.future.done():
+            self.stats.timeouts += 1
+            pending.future.set_exception(RequestTimeout(f"no reply from {pending.addr}"))
+
+    async def call(
+        self, addr: Addr, message: Request, *, expect: bytes | None = None, retries: int = 1
+    ) -> Envelope:
+        """:meth:`request` with retries (each a freshly signed message)."""
+        for attempt in range(retries + 1):
+            try:
+                return await self.request(addr, message, expect=expect)
+            except RequestTimeout:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ receiving
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        stats = self.stats
+        stats.received += 1
+        stats.bytes_received += len(data)
+        loop_now = asyncio.get_running_loop().time()
+        key: object = addr if is_loopback(addr[0]) else addr[0]
+        if not self.limiter.allow(key, loop_now):
+            stats.rate_limited += 1
+            return
+        try:
+            env = wire.open_envelope(
+                data, now_ms=self.now_ms, replay=self.replay,
+                window_ms=self.replay.window_ms,
+            )
+        except RemoteProtocolError as exc:
+            stats.invalid += 1
+            log.debug("dropped datagram from %s: %s", addr, exc)
+            return
+        if env.public_key == self.identity.public_key:
+            return
+        message = env.message
+        if isinstance(message, Reply):
+            self._on_reply(env, message, addr, loop_now)
+        elif isinstance(message, Request):
+            try:
+                self._on_request(env, message, addr, len(data))
+            except Exception:  # a bug must not take the node down; log and drop
+                log.exception("error handling %s from %s", type(message).__name__, addr)
+
+    def _on_reply(self, env: Envelope, message: Reply, addr: Addr, loop_now: float) -> None:
+        pending = self._pending.get(message.re)
+        if pending is None or pending.addr != addr:
+            return  # unsolicited, late, or from an address we did not ask
+        if pending.expect is not None and env.sender_id != pending.expect:
+            return
+        if not isinstance(message, pending.kinds):
+            return
+        del self._pending[message.re]
+        if pending.timer:
+            pending.timer.cancel()
+        self.rtt.observe(addr, loop_now - pending.sent_at)
+        self._prove(addr)
+        self._offer(Contact(env.sender_id, addr[0], addr[1]))
+        if not pending.future.done():
+            pending.future.set_result(env)
+
+    def _prove(self, addr: Addr) -> None:
+        """``addr`` answered a nonce we sent to it, so it really is there."""
+        self._proven[addr] = None
+        self._proven.move_to_end(addr)
+        if len(self._proven) > 16_384:
+            self._proven.popitem(last=False)
+
+    def _on_request(self, env: Envelope, message: Request, addr: Addr, size: int) -> None:
+        sender = Contact(env.sender_id, addr[0], addr[1])
+        reply: Reply
+        if isinstance(message, Ping):
+            reply = Pong(env.nonce)
+        elif isinstance(message, FindNode):
+            reply = Nodes(env.nonce, tuple(self._closest_for(message.target, addr, sender)))
+        elif isinstance(message, FindValue):
+            reply = self._find_value(env.nonce, message, addr, sender)
+        elif isinstance(message, Store):
+            try:
+                self.records.put(message.key, message.record, now_s=int(self.clock()))
+                reply = Stored(env.nonce, True)
+            except InvalidRecord as exc:
+                reply = Stored(env.nonce, False, str(exc)[:200])
+        else:  # pragma: no cover - every request type is handled above
+            reply = Error(env.nonce, ErrorCode.BAD_REQUEST, "unsupported request")
+        budget = _REPLY_BUDGET if addr in self._proven else AMPLIFICATION * size
+        self._reply(reply, addr, budget)
+        if not message.ro and sender.node_id not in self.table:
+            self._probe(sender)
+        elif not message.ro:
+            self.table.seen(sender.node_id, asyncio.get_running_loop().time())
+
+    def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
+        contacts = self.table.closest(target, exclude=sender.node_id)
+        if not is_loopback(addr[0]):
+            contacts = [c for c in contacts if not is_loopback(c.host)]
+        return contacts
+
+    def _find_value(self, nonce: bytes, message: FindValue, addr: Addr, sender: Contact) -> Reply:
+        stored = self.records.get(message.key, now_s=int(self.clock()))
+        if not stored:
+            return Nodes(nonce, tuple(self._closest_for(message.key, addr, sender)))
+        page: list[bytes] = []
+        size = wire.OVERHEAD + 48
+        for record in stored[message.offset :]:
+            size += len(record.raw) + 3
+            if size > _REPLY_BUDGET and page:
+                break
+            page.append(record.raw)
+        more = message.offset + len(page) < len(stored)
+        return Value(nonce, tuple(page), more)
+
+    def _reply(self, reply: Reply, addr: Addr, budget: int) -> None:
+        _, data = self._seal(reply)
+        while len(data) > budget:
+            # Shrink towards the budget: fewer contacts or records, never a fragment.
+            if isinstance(reply, Nodes) and reply.nodes:
+                reply = Nodes(reply.re, reply.nodes[:-1])
+            elif isinstance(reply, Value) and len(reply.records) > 1:
+                reply = Value(reply.re, reply.records[:-1], True)
+            else:
+                break
+            self.stats.truncated_replies += 1
+            _, data = self._seal(reply)
+        if len(data) <= max(budget, wire.OVERHEAD + 32):
+            self._send(data, addr)
+
+    # ------------------------------------------------------------------ routing table
+
+    def _offer(self, contact: Contact) -> None:
+        """A contact answered us: add it, pinging an old contact if its bucket is full."""
+        now = asyncio.get_running_loop().time()
+        result, oldest = self.table.add(contact, now)
+        if self.on_contact is not None and result in (AddResult.ADDED, AddResult.PENDING):
+            self.on_contact(contact, result)
+        if result is AddResult.PENDING and oldest is not None:
+            self._probe(oldest, evict_on_failure=True)
+
+    def _probe(self, contact: Contact, *, evict_on_failure: bool = False) -> None:
+        if self.settings.read_only or contact.node_id in self._probing or self._closed:
+            return
+        if len(self._probing) > 256:
+            return
+        self._probing.add(contact.node_id)
+        self._spawn(self._probe_task(contact, evict_on_failure))
+
+    async def _probe_task(self, contact: Contact, evict_on_failure: bool) -> None:
+        try:
+            await self.call(contact.addr, Ping(), expect=contact.node_id)
+        except (NetworkError, RemoteProtocolError):
+            if evict_on_failure:
+                self.table.failed(contact.node_id, max_failures=1)
+        finally:
+            self._probing.discard(contact.node_id)
+
+    def _acceptable(self, contact: Contact, via: Addr) -> bool:
+        """Contacts a peer tells us about: never our own id, never a loopback address
+        from a non-loopback peer (that would aim us at our own host's services)."""
+        if contact.node_id == self.identity.node_id:
+            return False
+        if is_loopback(contact.host) and not is_loopback(via[0]):
+            return False
+        try:
+            pack_ip(contact.host)
+        except ValueError:
+            return False
+        return contact.host not in ("0.0.0.0", "::")
+
+    # ------------------------------------------------------------------ lookups
+
+    async def lookup(
+        self,
+        target: bytes,
+        *,
+        want_value: bool = False,
+        seeds: Iterable[Contact] | None = None,
+        accept: Callable[[SkillRecord], bool] | None = None,
+    ) -> LookupResult:
+        """Iterative lookup of ``target``; with ``want_value``, also collect the verified
+        records stored there (those for which ``accept`` holds)."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        own = self.identity.node_id
+        seed_list = list(seeds) if seeds is not None else self.table.closest(target, s.k)
+        machine = Lookup(
+            own, target, seed_list, k=s.k, alpha=s.alpha,
+            want_value=want_value, value_quorum=s.value_quorum,
+        )
+        if seed_list and target != own:
+            self.table.touch(bucket_index(own, target), loop.time())
+        found: dict[tuple[bytes, str], SkillRecord] = {}
+        if want_value:
+            for record in self.records.get(target, now_s=int(self.clock())):
+                if accept is None or accept(record):
+                    found[record.slot] = record
+        done: asyncio.Future[None] = loop.create_future()
+        pages: set[asyncio.Future[Envelope]] = set()
+
+        def message(offset: int = 0) -> Request:
+            if want_value:
+                return FindValue(target, offset, ro=s.read_only)
+            return FindNode(target, ro=s.read_only)
+
+        def check() -> None:
+            if not done.done() and machine.finished and not pages:
+                done.set_result(None)
+
+        def take_records(reply: Value) -> None:
+            now_s = int(self.clock())
+            for raw in reply.records:
+                try:
+                    record = parse_record(raw, now_s=now_s)
+                except InvalidRecord:
+                    continue
+                if target not in record.keys() or (accept is not None and not accept(record)):
+                    continue
+                old = found.get(record.slot)
+                if old is None or record.seq > old.seq:
+                    found[record.slot] = record
+
+        def fetch_page(contact: Contact, offset: int) -> None:
+            if offset > self.records.max_per_key:
+                return
+            fut = self.request(contact.addr, message(offset), expect=contact.node_id)
+            pages.add(fut)
+            fut.add_done_callback(partial(on_page, contact, offset))
+
+        def on_page(contact: Contact, offset: int, fut: asyncio.Future[Envelope]) -> None:
+            pages.discard(fut)
+            if not fut.cancelled() and fut.exception() is None:
+                reply = fut.result().message
+                if isinstance(reply, Value):
+                    take_records(reply)
+                    if reply.more and reply.records and not done.done():
+                        fetch_page(contact, offset + len(reply.records))
+            check()
+
+        def launch(contacts: list[Contact]) -> None:
+            if done.done():
+                return
+            for contact in contacts:
+                fut = self.request(contact.addr, message(), expect=contact.node_id)
+                stall = loop.call_later(self.rtt.stall(contact.addr), on_stall, contact, fut)
+                fut.add_done_callback(partial(on_done, contact, stall))
+
+        def on_stall(contact: Contact, fut: asyncio.Future[Envelope]) -> None:
+            if not fut.done():
+                launch(machine.on_stall(contact.node_id))
+                check()
+
+        def on_done(
+            contact: Contact, stall: asyncio.TimerHandle, fut: asyncio.Future[Envelope]
+        ) -> None:
+            stall.cancel()
+            error = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or error is not None:
+                if isinstance(error, RequestTimeout):
+                    self.table.failed(contact.node_id)
+                launch(machine.on_failure(contact.node_id))
+                check()
+                return
+            reply = fut.result().message
+            has_value = False
+            nodes: tuple[Contact, ...] = ()
+            if isinstance(reply, Nodes):
+                nodes = tuple(c for c in reply.nodes if self._acceptable(c, contact.addr))
+            elif isinstance(reply, Value):
+                has_value = True
+                take_records(reply)
+                if reply.more and reply.records:
+                    fetch_page(contact, len(reply.records))
+            launch(machine.on_reply(contact.node_id, nodes, has_value=has_value))
+            check()
+
+        launch(machine.start())
+        check()
+        await done
+        return LookupResult(
+            machine.closest(),
+            sorted(found.values(), key=lambda r: r.slot),
+            machine.hops,
+            machine.queries,
+        )
+
+    async def store(self, record: SkillRecord) -> int:
+        """Publish ``record`` at the k closest nodes to each of its keys.
+        Returns how many STOREs were accepted in all."""
+        keys = sorted(record.keys())
+        results = await asyncio.gather(*(self._store_at(key, record) for key in keys))
+        return sum(results)
+
+    async def _store_at(self, key: bytes, record: SkillRecord) -> int:
+        self.records.put(key, record.raw, now_s=int(self.clock()))
+        found = await self.lookup(key)
+        replies = await asyncio.gather(
+            *(self.call(c.addr, Store(key, record.raw), expect=c.node_id) for c in found.closest),
+            return_exceptions=True,
+        )
+        return sum(
+            1 for r in replies if isinstance(r, Envelope) and isinstance(r.message, Stored)
+            and r.message.ok
+        )
+
+    # ------------------------------------------------------------------ joining
+
+    async def ping(self, addr: Addr, *, expect: bytes | None = None) -> Contact:
+        env = await self.call(addr, Ping(ro=self.settings.read_only), expect=expect)
+        return Contact(env.sender_id, addr[0], addr[1])
+
+    async def join(self, addrs: Iterable[Addr], *, seeds: Iterable[Contact] = ()) -> int:
+        """Ping bootstrap addresses and remembered contacts, then look up our own id.
+        Returns the routing table size; :class:`BootstrapFailed` if nobody answered."""
+        addr_list = list(dict.fromkeys(addrs))
+        seed_list = list(seeds)
+        attempts = [self.ping(a) for a in addr_list] + [
+            self.ping(c.addr, expect=c.node_id) for c in seed_list
+        ]
+        if not attempts:
+            return len(self.table)
+        answers = await asyncio.gather(*attempts, return_exceptions=True)
+        alive = [a for a in answers if isinstance(a, Contact)]
+        if not alive:
+            raise BootstrapFailed(
+                f"none of {len(attempts)} bootstrap peers answered "
+                f"({', '.join(f'{h}:{p}' for h, p in addr_list[:3]) or 'remembered peers'})"
+            )
+        await self.lookup(self.identity.node_id, seeds=alive)
+        return len(self.table)
+
+    async def refresh(self) -> int:
+        """Look up a random id in every bucket nobody has touched lately."""
+        now = asyncio.get_running_loop().time()
+        stale = self.table.stale_buckets(now, self.settings.refresh_interval)
+        for index in stale:
+            target = random_id_in_bucket(self.identity.node_id, index, self.entropy(32))
+            await self.lookup(target)
+        return len(stale)
+
+    def contacts_for(self, target: bytes) -> list[Contact]:
+        return self.table.closest(target)
+
+    def check_open(self) -> None:
+        if self.endpoint is None or self._closed:
+            raise LocalProtocolError("the DHT is not running")

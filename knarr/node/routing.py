@@ -1,0 +1,188 @@
+"""The Kademlia routing table, as pure code: 256 k-buckets by XOR distance.
+
+Only contacts that answered us are added (the caller's job), so unverified contacts can
+never push out verified ones. A full bucket keeps its long-lived contacts: the caller is
+told to ping the oldest and only evicts it if that ping fails; meanwhile the newcomer
+waits in the bucket's replacement cache. Each bucket admits at most ``subnet_limit``
+contacts from one /24 (IPv4) or /48 (IPv6), which makes filling a bucket from one
+network expensive. Times are passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from knarr.node.contact import ID_BITS, Contact, subnet_of
+
+
+def bucket_index(own_id: bytes, node_id: bytes) -> int:
+    """The bucket a peer belongs in: the position of the highest differing bit (0-255)."""
+    return (int.from_bytes(own_id, "big") ^ int.from_bytes(node_id, "big")).bit_length() - 1
+
+
+def random_id_in_bucket(own_id: bytes, index: int, entropy: bytes) -> bytes:
+    """An id whose distance from ``own_id`` falls in bucket ``index`` (for refreshes)."""
+    noise = int.from_bytes(entropy[:32].rjust(32, b"\0"), "big") & ((1 << index) - 1)
+    distance = (1 << index) | noise
+    return (int.from_bytes(own_id, "big") ^ distance).to_bytes(32, "big")
+
+
+@dataclass(slots=True)
+class Entry:
+    contact: Contact
+    last_seen: float
+    failures: int = 0
+
+
+class AddResult(Enum):
+    ADDED = "added"
+    UPDATED = "updated"
+    PENDING = "pending"  # bucket full: ping ``oldest`` and evict it if it does not answer
+    REJECTED = "rejected"
+
+
+class RoutingTable:
+    """k-buckets of verified contacts around ``own_id``."""
+
+    def __init__(self, own_id: bytes, *, k: int = 20, subnet_limit: int = 2) -> None:
+        self.own_id = own_id
+        self.k = k
+        self.subnet_limit = subnet_limit
+        self._buckets: dict[int, OrderedDict[bytes, Entry]] = {}
+        self._replacements: dict[int, OrderedDict[bytes, Entry]] = {}
+        self._touched: dict[int, float] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, node_id: object) -> bool:
+        if not isinstance(node_id, bytes) or node_id == self.own_id:
+            return False
+        bucket = self._buckets.get(bucket_index(self.own_id, node_id))
+        return bucket is not None and node_id in bucket
+
+    def get(self, node_id: bytes) -> Entry | None:
+        bucket = self._buckets.get(bucket_index(self.own_id, node_id))
+        return bucket.get(node_id) if bucket else None
+
+    def _subnet_full(self, entries: Iterable[Entry], host: str) -> bool:
+        subnet = subnet_of(host)
+        if subnet is None:
+            return False
+        return sum(1 for e in entries if subnet_of(e.contact.host) == subnet) >= self.subnet_limit
+
+    def add(self, contact: Contact, now: float) -> tuple[AddResult, Contact | None]:
+        """Offer a contact that just answered us. Returns the outcome and, for
+        ``PENDING``, the oldest contact of the full bucket, which the caller should ping."""
+        if contact.node_id == self.own_id or len(contact.node_id) != 32:
+            return AddResult.REJECTED, None
+        index = bucket_index(self.own_id, contact.node_id)
+        self._touched[index] = now
+        bucket = self._buckets.setdefault(index, OrderedDict())
+        entry = bucket.get(contact.node_id)
+        if entry is not None:
+            if entry.contact.addr != contact.addr:
+                # A known id at a new address: keep the proven one until it fails.
+                return AddResult.REJECTED, None
+            entry.last_seen = now
+            entry.failures = 0
+            bucket.move_to_end(contact.node_id)
+            return AddResult.UPDATED, None
+        if self._subnet_full(bucket.values(), contact.host):
+            return AddResult.REJECTED, None
+        if len(bucket) < self.k:
+            bucket[contact.node_id] = Entry(contact, now)
+            self._size += 1
+            self._replacements.get(index, {}).pop(contact.node_id, None)
+            return AddResult.ADDED, None
+        spare = self._replacements.setdefault(index, OrderedDict())
+        spare.pop(contact.node_id, None)
+        if not self._subnet_full(spare.values(), contact.host):
+            spare[contact.node_id] = Entry(contact, now)
+            while len(spare) > self.k:
+                spare.popitem(last=False)
+        oldest = next(iter(bucket.values()))
+        return AddResult.PENDING, oldest.contact
+
+    def seen(self, node_id: bytes, now: float) -> None:
+        """A contact in the table answered: it becomes the most recently seen."""
+        index = bucket_index(self.own_id, node_id)
+        bucket = self._buckets.get(index)
+        if bucket and node_id in bucket:
+            entry = bucket[node_id]
+            entry.last_seen = now
+            entry.failures = 0
+            bucket.move_to_end(node_id)
+            self._touched[index] = now
+
+    def failed(self, node_id: bytes, *, max_failures: int = 2) -> bool:
+        """A contact did not answer. Removes it (promoting a replacement) once it has
+        failed ``max_failures`` times in a row, or at once if a replacement is waiting.
+        Returns whether it was removed."""
+        index = bucket_index(self.own_id, node_id)
+        bucket = self._buckets.get(index)
+        if not bucket or node_id not in bucket:
+            self._replacements.get(index, {}).pop(node_id, None)
+            return False
+        entry = bucket[node_id]
+        entry.failures += 1
+        spare = self._replacements.get(index)
+        if entry.failures < max_failures and not spare:
+            return False
+        del bucket[node_id]
+        self._size -= 1
+        while spare:
+            _, candidate = spare.popitem(last=True)
+            if not self._subnet_full(bucket.values(), candidate.contact.host):
+                bucket[candidate.contact.node_id] = candidate
+                self._size += 1
+                break
+        return True
+
+    def remove(self, node_id: bytes) -> None:
+        bucket = self._buckets.get(bucket_index(self.own_id, node_id))
+        if bucket and bucket.pop(node_id, None) is not None:
+            self._size -= 1
+
+    def touch(self, index: int, now: float) -> None:
+        """Note that a lookup went through bucket ``index`` (it need not be refreshed)."""
+        self._touched[index] = now
+
+    def closest(
+        self, target: bytes, count: int | None = None, *, exclude: bytes | None = None
+    ) -> list[Contact]:
+        """Up to ``count`` (default k) contacts nearest ``target``, nearest first."""
+        t = int.from_bytes(target, "big")
+        entries = (
+            e.contact
+            for bucket in self._buckets.values()
+            for e in bucket.values()
+            if e.contact.node_id != exclude
+        )
+        return heapq.nsmallest(
+            count or self.k, entries, key=lambda c: int.from_bytes(c.node_id, "big") ^ t
+        )
+
+    def contacts(self) -> Iterator[Entry]:
+        for bucket in self._buckets.values():
+            yield from bucket.values()
+
+    def buckets(self) -> dict[int, list[Entry]]:
+        return {i: list(b.values()) for i, b in sorted(self._buckets.items()) if b}
+
+    def stale_buckets(self, now: float, interval: float) -> list[int]:
+        """Buckets that no lookup or contact has touched in ``interval`` seconds, from the
+        nearest populated bucket outwards (lookups there find new peers)."""
+        populated = [i for i, b in self._buckets.items() if b]
+        if not populated:
+            return []
+        return [
+            i
+            for i in range(min(populated), ID_BITS)
+            if now - self._touched.get(i, float("-inf")) >= interval
+        ]

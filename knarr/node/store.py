@@ -1,0 +1,100 @@
+"""The node's one SQLite file: WAL mode, a schema version and forward-only migrations.
+
+Every module that persists something owns its tables through a migration here, so the
+schema history of a database is readable in one list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apsw
+
+from knarr.errors import StorageError
+
+# Each entry upgrades the schema by one version; never edit a released entry, append.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: identity and settings, the persisted routing table, our own announced skills.
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE peers (
+        node_id   BLOB PRIMARY KEY,
+        host      TEXT NOT NULL,
+        port      INTEGER NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE announced (
+        name   TEXT PRIMARY KEY,
+        seq    INTEGER NOT NULL,
+        record BLOB NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """One node database. ``path`` may be ``":memory:"`` for a throwaway node."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._db = apsw.Connection(self.path)
+            self._db.set_busy_timeout(5000)
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except apsw.Error as exc:
+            raise StorageError(f"{self.path}: cannot open the node database: {exc}") from exc
+
+    @property
+    def schema_version(self) -> int:
+        value = self._db.execute("PRAGMA user_version").fetchone()
+        return int(value[0]) if value else 0
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: database schema version {current} is newer than this knarr "
+                f"understands ({SCHEMA_VERSION}); upgrade knarr"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            with self._db:
+                self._db.execute(MIGRATIONS[version])
+                self._db.execute(f"PRAGMA user_version={version + 1}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """All statements inside commit together or not at all."""
+        with self._db:
+            yield self
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(sql, params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    def get_meta(self, key: str) -> bytes | None:
+        rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def close(self) -> None:
+        self._db.close()
