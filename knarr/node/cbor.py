@@ -133,32 +133,24 @@ def _encode_key(key: object) -> bytes:
 
 
 def _encode_into(value: object, out: bytearray) -> None:
-    if value is None:
-        out.append(0xF6)
-    elif value is True:
-        out.append(0xF5)
-    elif value is False:
-        out.append(0xF4)
-    elif isinstance(value, bytes):
+    # Exact types first (the fast path); subclasses such as IntEnum fall through to isinstance.
+    if type(value) is bytes:
         n = len(value)
         out += _HEADS[2][n] if n < 0x100 else _head(2, n)
         out += value
-    elif isinstance(value, int):
-        if 0 <= value < 0x100:
-            out += _HEADS[0][value]
-        else:
-            out += _encode_int(value)
-    elif isinstance(value, str):
-        out += _encode_str(value)
-    elif isinstance(value, (list, tuple)):
+    elif type(value) is list or type(value) is tuple:
         n = len(value)
         out += _HEADS[4][n] if n < 0x100 else _head(4, n)
         for item in value:
             _encode_into(item, out)
-    elif isinstance(value, dict):
+    elif type(value) is int:
+        out += _HEADS[0][value] if 0 <= value < 0x100 else _encode_int(value)
+    elif type(value) is str:
+        out += _encode_str(value)
+    elif type(value) is dict:
         n = len(value)
         out += _HEADS[5][n] if n < 0x100 else _head(5, n)
-        pairs = sorted(((_encode_key(k), v) for k, v in value.items()), key=_first)
+        pairs = sorted([(_encode_key(k), v) for k, v in value.items()], key=_first)
         previous = b""
         for key, item in pairs:
             if key == previous:
@@ -166,8 +158,25 @@ def _encode_into(value: object, out: bytearray) -> None:
             previous = key
             out += key
             _encode_into(item, out)
+    elif value is None:
+        out.append(0xF6)
+    elif value is True:
+        out.append(0xF5)
+    elif value is False:
+        out.append(0xF4)
     elif isinstance(value, float):
         out += _encode_float(value)
+    elif isinstance(value, bytes):
+        out += _head(2, len(value))
+        out += value
+    elif isinstance(value, int):
+        out += _encode_int(value)
+    elif isinstance(value, str):
+        out += _encode_str(value)
+    elif isinstance(value, (list, tuple)):
+        _encode_into(list(value), out)
+    elif isinstance(value, dict):
+        _encode_into(dict(value), out)
     else:
         raise EncodeError(
             f"cannot encode {type(value).__name__} as CBOR; supported: None, bool, int, "
@@ -192,7 +201,7 @@ def decode(
     try:
         value, end = _decode_item(buf, 0, max_depth, budget)
     except IndexError as exc:
-        # Only reads of the next initial or one-byte argument can run off the end.
+        # Reading a head byte past the end is the only way to index out of range here.
         raise TruncatedMessage("CBOR input ends in the middle of an item") from exc
     except RecursionError as exc:
         raise MalformedMessage("CBOR input nests too deeply to decode") from exc
@@ -278,7 +287,7 @@ def _decode_item(data: bytes, pos: int, depth: int, budget: list[int]) -> tuple[
             raw_key = data[start:pos]
             if raw_key <= previous:
                 problem = "duplicate" if raw_key == previous else "out-of-order"
-                raise MalformedMessage(f"{problem} map key {key!r}")
+                raise MalformedMessage(f"{problem} map key {key!r:.40}")
             previous = raw_key
             result[key], pos = _decode_item(data, pos, depth, budget)
         return result, pos

@@ -98,7 +98,9 @@ class RoutingTable:
         if len(bucket) < self.k:
             bucket[contact.node_id] = Entry(contact, now)
             self._size += 1
-            self._replacements.get(index, {}).pop(contact.node_id, None)
+            spare = self._replacements.get(index)
+            if spare is not None:
+                spare.pop(contact.node_id, None)
             return AddResult.ADDED, None
         spare = self._replacements.setdefault(index, OrderedDict())
         spare.pop(contact.node_id, None)
@@ -127,7 +129,9 @@ class RoutingTable:
         index = bucket_index(self.own_id, node_id)
         bucket = self._buckets.get(index)
         if not bucket or node_id not in bucket:
-            self._replacements.get(index, {}).pop(node_id, None)
+            waiting = self._replacements.get(index)
+            if waiting is not None:
+                waiting.pop(node_id, None)
             return False
         entry = bucket[node_id]
         entry.failures += 1

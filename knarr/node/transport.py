@@ -11,7 +11,7 @@ import asyncio
 import random
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 Addr = tuple[str, int]
 DatagramHandler = Callable[[bytes, Addr], None]
@@ -38,8 +38,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, handler: DatagramHandler) -> None:
         self._handler = handler
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self._handler(data, (str(addr[0]), int(addr[1])))  # type: ignore[call-overload]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        self._handler(data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port-unreachable and friends: the request simply times out.

@@ -1,0 +1,57 @@
+"""The ``knarr`` command: one subcommand per module in ``knarr.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from knarr import __version__
+from knarr.errors import KnarrError
+
+log = logging.getLogger("knarr.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from knarr.cli import serve
+
+    parser = argparse.ArgumentParser(
+        prog="knarr",
+        description="Peer-to-peer exchange protocol for autonomous agents.",
+    )
+    parser.add_argument("--version", action="version", version=f"knarr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve.add_parser(sub)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    configure_logging(getattr(args, "log_level", "WARNING"))
+    try:
+        return int(asyncio.run(args.run(args)) or 0)
+    except KnarrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            log.debug("traceback", exc_info=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

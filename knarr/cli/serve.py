@@ -1,0 +1,149 @@
+"""``knarr serve``: run a node until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from knarr.config import Config, default_config, load_config, parse_hostport
+from knarr.errors import BootstrapFailed, ConfigError
+from knarr.node.dht import DhtSettings
+from knarr.node.node import Node, outbound_address
+
+log = logging.getLogger("knarr.serve")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start a node",
+        description="Start a Knarr node: join the DHT and serve until Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--config", help="path to knarr.toml (default: ./knarr.toml if it exists)")
+    p.add_argument("--port", type=int, help="listen port (default: 9000)")
+    p.add_argument("--host", help="bind address (default: 0.0.0.0)")
+    p.add_argument("--advertise-host", help="address announced to peers (default: auto-detected)")
+    p.add_argument("--storage", help="SQLite database path (default: node.db)")
+    p.add_argument(
+        "--bootstrap",
+        help='comma-separated host:port peers (default: from config); "" for none',
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.set_defaults(run=run)
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The config file (if any) with command-line flags applied on top."""
+    if args.config:
+        config = load_config(args.config)
+    elif Path("knarr.toml").is_file():
+        config = load_config("knarr.toml")
+    else:
+        config = default_config()
+    node = config.node
+    changes: dict[str, Any] = {}
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port: expected 0..65535, got {args.port}")
+        changes["port"] = args.port
+    if args.host is not None:
+        changes["host"] = args.host
+    if args.advertise_host is not None:
+        changes["advertise_host"] = args.advertise_host
+    if args.storage is not None:
+        changes["storage"] = args.storage
+    network = config.network
+    if args.bootstrap is not None:
+        entries = tuple(e.strip() for e in args.bootstrap.split(",") if e.strip())
+        for entry in entries:
+            parse_hostport(entry, source="--bootstrap")
+        network = dataclasses.replace(network, bootstrap=entries)
+    return dataclasses.replace(config, node=dataclasses.replace(node, **changes), network=network)
+
+
+def detect_advertise_host(bind_host: str, bootstrap: list[tuple[str, int]]) -> str:
+    """The address peers should use: the bind address if specific, else the interface
+    that routes to the first bootstrap peer, else the first non-loopback interface."""
+    if bind_host and not ipaddress.ip_address(bind_host).is_unspecified:
+        return bind_host
+    for addr in bootstrap:
+        try:
+            return outbound_address(addr)
+        except OSError:
+            continue
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not ipaddress.ip_address(a.address).is_loopback:
+                return str(a.address)
+    return "127.0.0.1"
+
+
+def advertise_warning(host: str) -> str | None:
+    """Why peers elsewhere may not reach ``host``, if they may not."""
+    ip = ipaddress.ip_address(host)
+    if ip.is_loopback:
+        return f"{host} is a loopback address; only nodes on this machine can reach it."
+    if ip.is_private:
+        return (
+            f"{host} is a private address; peers outside this network cannot reach it. "
+            "Set [node] advertise_host or --advertise-host to your public IP."
+        )
+    return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    node_cfg, net_cfg = config.node, config.network
+    storage = node_cfg.storage
+    if storage != ":memory:" and config.path is not None and not os.path.isabs(storage):
+        storage = str(config.resolve_path(storage))
+    bootstrap = list(net_cfg.bootstrap)
+    resolved = [parse_hostport(b, source="bootstrap") for b in bootstrap]
+    advertise = node_cfg.advertise_host or detect_advertise_host(node_cfg.host, resolved)
+    settings = DhtSettings(
+        window_s=net_cfg.clock_skew,
+        subnet_limit=net_cfg.subnet_limit,
+        rate_limit=net_cfg.rate_limit,
+        rate_burst=net_cfg.rate_burst,
+    )
+    node = Node(
+        node_cfg.host, node_cfg.port, storage=storage, advertise_host=advertise,
+        settings=settings,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        print(f"Node ID: {node.node_id}")
+        print(f"Listening: {node_cfg.host}:{node.port}")
+        label = "Advertise address" if node_cfg.advertise_host else "Auto-detected advertise address"
+        print(f"{label}: {advertise}")
+        if not node_cfg.advertise_host:
+            warning = advertise_warning(advertise)
+            if warning:
+                print(f"Warning: {warning}")
+        print(flush=True)
+        if bootstrap:
+            try:
+                size = await node.join(bootstrap)
+                log.info("joined the network: %d peers in the routing table", size)
+            except BootstrapFailed as exc:
+                log.warning("%s; serving anyway, peers can join through this node", exc)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await node.stop()
+    return 0

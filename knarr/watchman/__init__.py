@@ -1,0 +1,1 @@
+"""knarr-watchman: the process supervisor for production nodes."""

@@ -1,0 +1,262 @@
+"""A few real nodes on loopback: the RPCs, defences and the DHTNode API."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from knarr.dht.node import DHTNode
+from knarr.errors import (
+    BootstrapFailed,
+    LocalProtocolError,
+    RecordTooLarge,
+    RequestTimeout,
+    SkillNotFound,
+)
+from knarr.node import wire
+from knarr.node.contact import Contact
+from knarr.node.dht import DhtSettings
+from knarr.node.identity import Identity
+from knarr.node.records import skill_key
+from knarr.node.wire import FindNode, Nodes, Ping, Pong
+from tests.conftest import NodeFactory, sheet, wait_for
+
+
+async def test_ping_and_join_fill_routing_tables(make_node: NodeFactory) -> None:
+    a = await make_node()
+    b = await make_node()
+    contact = await b.dht.ping(a.address)
+    assert contact.node_id == a.identity.node_id
+    assert await b.join([f"127.0.0.1:{a.port}"]) >= 1
+    await wait_for(lambda: b.identity.node_id in a.dht.table)
+
+
+async def test_find_skills_by_name_and_tag(make_node: NodeFactory) -> None:
+    nodes = [await make_node() for _ in range(8)]
+    for n in nodes[1:]:
+        await n.join([f"127.0.0.1:{nodes[0].port}"])
+    await nodes[3].announce(sheet("echo", "example", "text"))
+    await nodes[5].announce(sheet("echo", "example"))
+    by_name = await nodes[7].find_skills("echo")
+    assert {r.provider_id for r in by_name} == {nodes[3].identity.node_id,
+                                                 nodes[5].identity.node_id}
+    by_tag = await nodes[1].find_skills(tag="text")
+    assert [r.provider_id for r in by_tag] == [nodes[3].identity.node_id]
+    assert by_tag[0].port == nodes[3].port and by_tag[0].host == "127.0.0.1"
+    assert await nodes[2].find_skills("nobody-serves-this") == []
+
+
+async def test_private_skills_are_never_published(make_node: NodeFactory) -> None:
+    a, b = await make_node(), await make_node()
+    await b.join([f"127.0.0.1:{a.port}"])
+
+    async def secret(data: dict[str, str]) -> dict[str, str]:
+        return {"text": "s"}
+
+    b.register_handler("secret", secret)
+    record = await b.announce({**sheet("secret"), "visibility": "private"})
+    assert record.visibility == "private"
+    assert a.dht.records.get(skill_key("secret"), now_s=0) == []
+    assert await a.find_skills("secret") == []
+    assert await b.call_local("secret", {}) == {"text": "s"}
+
+
+async def test_higher_sequence_replaces_a_record(make_node: NodeFactory) -> None:
+    a, b = await make_node(), await make_node()
+    await b.join([f"127.0.0.1:{a.port}"])
+    first = await b.announce({**sheet("calc"), "description": "v1"})
+    second = await b.announce({**sheet("calc"), "description": "v2"})
+    assert second.seq > first.seq
+    found = await a.find_skills("calc")
+    assert [r.description for r in found] == ["v2"]
+
+
+async def test_call_local_and_the_product_example(make_node: NodeFactory) -> None:
+    node = await make_node()
+
+    async def echo(data: dict[str, str]) -> dict[str, str]:
+        return data
+
+    async def upper(data: dict[str, str]) -> dict[str, str]:
+        return {"text": data["text"].upper()}
+
+    node.register_handler("echo", echo)
+    node.register_handler("upper", upper)
+    await node.announce({
+        "name": "echo", "version": "1.0.0", "description": "Echo",
+        "tags": ["example"], "input_schema": {"text": "string"},
+        "output_schema": {"text": "string"},
+    })
+    assert await node.call_local("upper", {"text": "hello"}) == {"text": "HELLO"}
+    with pytest.raises(SkillNotFound):
+        await node.call_local("missing", {})
+
+
+async def test_pipeline_handler_calls_local_skills(make_node: NodeFactory) -> None:
+    node = await make_node()
+
+    async def translate(data: dict[str, str]) -> dict[str, str]:
+        return {"translated": data["text"].replace("hallo", "hello")}
+
+    async def summarize(data: dict[str, str]) -> dict[str, str]:
+        return {"text": data["text"].split()[0]}
+
+    def make_pipeline_handler(node: DHTNode):  # type: ignore[no-untyped-def]
+        async def handle(input_data: dict[str, str]) -> dict[str, str]:
+            translated = await node.call_local(
+                "translate", {"text": input_data["text"], "source_lang": "auto"}
+            )
+            summary = await node.call_local("summarize", {"text": translated["translated"]})
+            return {"summary": summary["text"]}
+
+        return handle
+
+    node.register_handler("translate", translate)
+    node.register_handler("summarize", summarize)
+    node.register_handler("translate-and-summarize", make_pipeline_handler(node))
+    result = await node.call_local("translate-and-summarize", {"text": "hallo world"})
+    assert result == {"summary": "hello"}
+
+
+async def test_bootstrap_with_dead_entries_still_joins(make_node: NodeFactory) -> None:
+    a, b = await make_node(), await make_node()
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    try:
+        size = await b.join([f"127.0.0.1:{dead_port}", f"127.0.0.1:{a.port}"])
+    finally:
+        dead.close()
+    assert size >= 1
+
+
+async def test_bootstrap_with_only_dead_entries_fails_clearly(make_node: NodeFactory) -> None:
+    b = await make_node()
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(BootstrapFailed, match="none of 1 bootstrap peers answered"):
+            await b.join([f"127.0.0.1:{dead.getsockname()[1]}"])
+    finally:
+        dead.close()
+
+
+async def test_announce_needs_a_started_node_and_a_small_record() -> None:
+    node = DHTNode("127.0.0.1", 0)
+    with pytest.raises(LocalProtocolError, match="start"):
+        await node.announce(sheet("echo"))
+    await node.start()
+    try:
+        with pytest.raises(RecordTooLarge):
+            await node.announce({**sheet("big"), "input_schema": {f"f{i}": "string"
+                                                                  for i in range(120)}})
+    finally:
+        await node.stop()
+
+
+async def test_read_only_clients_stay_out_of_routing_tables(make_node: NodeFactory) -> None:
+    server = await make_node()
+    client = await make_node(settings=DhtSettings(read_only=True))
+    await client.join([f"127.0.0.1:{server.port}"])
+    assert server.identity.node_id in client.dht.table
+    peer = await make_node()
+    await peer.join([f"127.0.0.1:{server.port}"])
+    await wait_for(lambda: peer.identity.node_id in server.dht.table)
+    assert client.identity.node_id not in server.dht.table
+
+
+class _RawPeer(asyncio.DatagramProtocol):
+    """A hand-driven peer: sends signed datagrams, collects what comes back."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.identity = Identity.generate()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+
+    def seal(self, message: wire.Message, nonce: bytes) -> bytes:
+        return wire.seal(self.identity, message, now_ms=_now_ms(), nonce=nonce)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+async def _raw_peer() -> tuple[asyncio.DatagramTransport, _RawPeer]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        _RawPeer, local_addr=("127.0.0.1", 0)
+    )
+    return transport, proto
+
+
+async def test_replies_to_unproven_addresses_do_not_amplify(make_node: NodeFactory) -> None:
+    nodes = [await make_node() for _ in range(25)]
+    hub = nodes[0]
+    for n in nodes[1:]:
+        await n.join([f"127.0.0.1:{hub.port}"])
+    transport, peer = await _raw_peer()
+    try:
+        request = peer.seal(FindNode(bytes(32), ro=True), b"\x01" * 16)
+        transport.sendto(request, hub.address)
+        await wait_for(lambda: len(peer.received) == 1)
+        reply = wire.open_envelope(peer.received[0], now_ms=_now_ms(), replay=None)
+        assert isinstance(reply.message, Nodes)
+        assert len(peer.received[0]) <= 3 * len(request)
+        assert 0 < len(reply.message.nodes) < 20
+        assert hub.dht.stats.truncated_replies > 0
+    finally:
+        transport.close()
+
+
+async def test_replayed_datagram_gets_no_second_answer(make_node: NodeFactory) -> None:
+    node = await make_node()
+    transport, peer = await _raw_peer()
+    try:
+        ping = peer.seal(Ping(ro=True), b"\x02" * 16)
+        transport.sendto(ping, node.address)
+        await wait_for(lambda: len(peer.received) == 1)
+        transport.sendto(ping, node.address)
+        await wait_for(lambda: node.dht.stats.invalid == 1)
+        assert len(peer.received) == 1
+        assert isinstance(
+            wire.open_envelope(peer.received[0], now_ms=_now_ms(), replay=None).message, Pong
+        )
+    finally:
+        transport.close()
+
+
+async def test_per_ip_rate_limit_drops_floods(make_node: NodeFactory) -> None:
+    node = await make_node(settings=DhtSettings(rate_limit=10.0, rate_burst=20.0))
+    transport, peer = await _raw_peer()
+    try:
+        for i in range(100):
+            transport.sendto(peer.seal(Ping(ro=True), i.to_bytes(16, "big")), node.address)
+        await wait_for(lambda: node.dht.stats.received == 100)
+        assert node.dht.stats.rate_limited >= 75
+        await wait_for(lambda: len(peer.received) <= 25)
+    finally:
+        transport.close()
+
+
+async def test_request_to_silent_address_times_out(make_node: NodeFactory) -> None:
+    node = await make_node()
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(RequestTimeout):
+            await node.dht.request(dead.getsockname(), Ping(), timeout=0.05)
+    finally:
+        dead.close()
+
+
+async def test_reply_from_wrong_node_id_is_ignored(make_node: NodeFactory) -> None:
+    a, b = await make_node(), await make_node()
+    impostor = Contact(bytes(32), "127.0.0.1", a.port)
+    with pytest.raises(RequestTimeout):
+        await b.dht.request(impostor.addr, Ping(), expect=impostor.node_id, timeout=0.2)
