@@ -356,6 +356,7 @@ async def run_case(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
         pairs = lookup_pairs(rng, list(range(n)), n, args.lookups)
         steady = await profiled(profile, lambda: run_lookups(swarm, pairs, 1))
         progress(f"{len(steady)} lookups done")
+        steady_hits = getattr(swarm, "local_hits", 0)
 
         stopped = sorted(rng.sample(range(n), round(CHURN_SHARE * n)))
         for i in stopped:
@@ -369,7 +370,8 @@ async def run_case(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
 
     extra: dict[str, Any] = {}
     if isinstance(swarm, KademliaSwarm):
-        extra["local_hits"] = swarm.local_hits
+        extra["local_hits"] = steady_hits
+        extra["local_hits_churn"] = swarm.local_hits - steady_hits
     if profile is not None:
         path = Path(args.profile) / f"{impl}-{n}.prof"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +402,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def ratio(ours: float | None, theirs: float | None) -> str:
     if ours is None or theirs is None or theirs == 0:
         return "-"
-    return f"{ours / theirs:.2f}"
+    return f"{ours / theirs:.3g}"
 
 
 def table(results: dict[tuple[str, int], CaseResult], args: argparse.Namespace) -> str:
@@ -457,7 +459,7 @@ def notes(results: dict[tuple[str, int], CaseResult], args: argparse.Namespace) 
         "Memory: psutil RSS after join and publish minus RSS before the first node, / n.",
         "Hops: knarr LookupResult.hops; kademlia crawl rounds until the value arrived.",
         "kademlia lookups run Server.get's crawl even when the requester holds the key;",
-        f"  Server.get would have answered locally in {hits} lookups.",
+        f"  Server.get would have answered locally in {hits} steady-state lookups.",
         f"Churn: {round(CHURN_SHARE * 100)} % of nodes stopped abruptly, lookups from "
         "survivors; kademlia waits 5 s for each dead peer, so its churn phase is bounded "
         f"to {args.ref_churn_lookups} lookups, {args.ref_churn_concurrency} at a time.",
