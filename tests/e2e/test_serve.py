@@ -1,0 +1,70 @@
+"""``knarr serve`` in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from knarr.node.store import Store
+from tests.conftest import NodeFactory
+
+KNARR = [sys.executable, "-m", "knarr.cli.main"]
+
+
+async def _serve(*args: str, cwd: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    proc = await asyncio.create_subprocess_exec(
+        *KNARR, "serve", *args, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    banner: dict[str, str] = {}
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        if not line:
+            break
+        key, _, value = line.partition(": ")
+        banner[key] = value
+    return proc, banner
+
+
+async def test_serve_prints_identity_joins_and_stops_cleanly(
+    make_node: NodeFactory, tmp_path: Path
+) -> None:
+    seed = await make_node()
+    proc, banner = await _serve(
+        "--host", "127.0.0.1", "--port", "0", "--storage", "n.db",
+        "--bootstrap", f"127.0.0.1:{seed.port}", cwd=tmp_path,
+    )
+    try:
+        node_id = banner["Node ID"]
+        assert len(node_id) == 64 and int(node_id, 16) >= 0
+        host, port = banner["Listening"].rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        assert banner["Auto-detected advertise address"] == "127.0.0.1"
+        assert "loopback" in banner["Warning"]
+        assert await seed.dht.ping(("127.0.0.1", int(port)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    store = Store(tmp_path / "n.db")
+    try:
+        assert store.execute("SELECT count(*) FROM peers")[0][0] >= 1
+    finally:
+        store.close()
+
+
+async def test_bad_bootstrap_flag_is_one_clear_line(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *KNARR, "serve", "--bootstrap", "not-an-address", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --bootstrap"), lines
