@@ -127,8 +127,8 @@ async def run(args: argparse.Namespace) -> int:
         await node.start()
         print(f"Node ID: {node.node_id}")
         print(f"Listening: {node_cfg.host}:{node.port}")
-        label = "Advertise address" if node_cfg.advertise_host else "Auto-detected advertise address"
-        print(f"{label}: {advertise}")
+        label = "Advertise" if node_cfg.advertise_host else "Auto-detected advertise"
+        print(f"{label} address: {advertise}")
         if not node_cfg.advertise_host:
             warning = advertise_warning(advertise)
             if warning:

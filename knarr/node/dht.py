@@ -103,6 +103,14 @@ class LookupResult:
 
 
 @dataclass
+class _Publication:
+    resign: Callable[[], SkillRecord]
+    record: SkillRecord
+    at: float
+    table_size: int
+
+
+@dataclass
 class _Pending:
     future: asyncio.Future[Envelope]
     addr: Addr
@@ -141,6 +149,7 @@ class Dht:
         self._probing: set[bytes] = set()
         self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
+        self._published: dict[str, _Publication] = {}
         self.on_contact: Callable[[Contact, AddResult], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -513,6 +522,53 @@ class Dht:
             1 for r in replies if isinstance(r, Envelope) and isinstance(r.message, Stored)
             and r.message.ok
         )
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, record: SkillRecord, resign: Callable[[], SkillRecord]) -> int:
+        """Store ``record`` now and keep it alive: before it expires, and soon after the
+        network grows past the size it was published into, ``resign()`` makes a fresh
+        record (higher sequence, later expiry) that is stored again."""
+        self._published[record.name] = _Publication(resign, record, self.clock(), len(self.table))
+        return await self.store(record)
+
+    def withdraw(self, name: str) -> None:
+        """Stop republishing ``name`` (its records expire where they are stored)."""
+        self._published.pop(name, None)
+
+    async def republish(self, *, force: bool = False) -> int:
+        """Publish again every record that is due (or all, with ``force``)."""
+        now = self.clock()
+        count = 0
+        for name, pub in list(self._published.items()):
+            grown = pub.table_size < self.settings.k and len(self.table) >= 2 * pub.table_size + 1
+            if not (force or grown or now - pub.at >= self.settings.republish_interval):
+                continue
+            record = pub.resign()
+            self._published[name] = _Publication(pub.resign, record, now, len(self.table))
+            await self.store(record)
+            count += 1
+        return count
+
+    async def maintain(self) -> None:
+        """One round of upkeep: expire records, refresh idle buckets, republish."""
+        self.records.expire(int(self.clock()))
+        await self.refresh()
+        await self.republish()
+
+    async def run_maintenance(self, on_tick: Callable[[], None] | None = None) -> None:
+        """Run :meth:`maintain` every ``maintenance_interval`` seconds until cancelled.
+        A round that fails is logged and retried at the next tick."""
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval)
+            try:
+                await self.maintain()
+                if on_tick is not None:
+                    on_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("DHT maintenance failed; retrying at the next tick")
 
     # ------------------------------------------------------------------ joining
 

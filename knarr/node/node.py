@@ -27,7 +27,6 @@ from knarr.node.contact import Contact, pack_ip
 from knarr.node.dht import Dht, DhtSettings
 from knarr.node.identity import Identity
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
-from knarr.node.routing import AddResult
 from knarr.node.store import Store
 from knarr.node.transport import Addr, DatagramNetwork
 
@@ -40,13 +39,6 @@ Handler = Callable[..., Awaitable[Mapping[str, Any]] | Mapping[str, Any]]
 class _Skill:
     handler: Handler
     wants_context: bool
-
-
-@dataclass
-class _Announcement:
-    sheet: dict[str, Any]
-    record: SkillRecord
-    published_at: float
 
 
 def _wants_context(fn: Handler) -> bool:
@@ -102,12 +94,8 @@ class Node:
         self.dht = Dht(
             self.identity, settings=settings, network=network, clock=clock, entropy=entropy
         )
-        self.dht.on_contact = self._on_contact
         self._skills: dict[str, _Skill] = {}
-        self._announced: dict[str, _Announcement] = {}
         self._maintenance: asyncio.Task[None] | None = None
-        self._republish_soon: asyncio.TimerHandle | None = None
-        self._published_with = 0
         self._started = False
 
     # ------------------------------------------------------------------ identity
@@ -146,7 +134,9 @@ class Node:
                 log.info("rejoined through %d remembered peers (%d in table)", len(saved), size)
             except BootstrapFailed:
                 log.warning("none of %d remembered peers answered", len(saved))
-        self._maintenance = asyncio.create_task(self._maintain(), name="knarr-maintenance")
+        self._maintenance = asyncio.create_task(
+            self.dht.run_maintenance(on_tick=self._save_peers), name="knarr-maintenance"
+        )
 
     async def join(self, bootstrap: Iterable[str]) -> int:
         """Join the network through ``"host:port"`` peers. Returns the routing table size.
@@ -186,8 +176,6 @@ class Node:
             self.store.close()
             return
         self._started = False
-        if self._republish_soon is not None:
-            self._republish_soon.cancel()
         if self._maintenance is not None:
             self._maintenance.cancel()
             try:
@@ -256,11 +244,12 @@ class Node:
     async def announce(self, sheet: Mapping[str, Any]) -> SkillRecord:
         """Sign a skill record from ``sheet`` and publish it (unless it is private)."""
         self._check_started()
-        record = self._sign(dict(sheet))
-        self._announced[record.name] = _Announcement(dict(sheet), record, self.clock())
-        if record.visibility != "private":
-            stored = await self.dht.store(record)
-            self._published_with = len(self.dht.table)
+        frozen = dict(sheet)
+        record = self._sign(frozen)
+        if record.visibility == "private":
+            self.dht.withdraw(record.name)
+        else:
+            stored = await self.dht.publish(record, lambda: self._sign(frozen))
             log.info("announced %s (%d stores)", record.name, stored)
         return record
 
@@ -308,49 +297,6 @@ class Node:
             result = await self.dht.lookup(key, want_value=True, accept=lambda r: tag in r.tags)
         return result.records
 
-    # ------------------------------------------------------------------ upkeep
-
-    def _on_contact(self, contact: Contact, result: AddResult) -> None:
-        # Records published while the network was small live on few nodes: publish them
-        # again soon after it grows, rather than at the next republish.
-        if (
-            result is AddResult.ADDED
-            and self._announced
-            and self._published_with < self.dht.settings.k
-            and self._republish_soon is None
-            and self._started
-        ):
-            loop = asyncio.get_running_loop()
-            self._republish_soon = loop.call_later(1.0, self._schedule_republish)
-
-    def _schedule_republish(self) -> None:
-        self._republish_soon = None
-        self.dht._spawn(self._republish(force=True))
-
-    async def _republish(self, *, force: bool = False) -> None:
-        now = self.clock()
-        for name, ann in list(self._announced.items()):
-            due = now - ann.published_at >= self.dht.settings.republish_interval
-            if ann.record.visibility == "private" or not (force or due):
-                continue
-            record = self._sign(ann.sheet)
-            self._announced[name] = _Announcement(ann.sheet, record, now)
-            await self.dht.store(record)
-        self._published_with = len(self.dht.table)
-
-    async def _maintain(self) -> None:
-        interval = self.dht.settings.maintenance_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.dht.records.expire(int(self.clock()))
-                await self.dht.refresh()
-                await self._republish()
-                self._save_peers()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("maintenance failed; will retry")
 
 
 def _as_private(record: SkillRecord) -> SkillRecord:

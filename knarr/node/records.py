@@ -34,7 +34,8 @@ MAX_TAGS = 8
 MAX_TAG = 32
 PUBLISHED_VISIBILITIES = ("public", "whitelist")
 _FIELDS = frozenset(
-    {"name", "ver", "desc", "tags", "in", "out", "price", "vis", "host", "port", "side", "exp", "seq"}
+    ("name", "ver", "desc", "tags", "in", "out", "price", "vis")
+    + ("host", "port", "side", "exp", "seq")
 )
 
 

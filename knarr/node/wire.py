@@ -30,7 +30,7 @@ from knarr.errors import (
 )
 from knarr.node import cbor
 from knarr.node.contact import ID_SIZE, Contact
-from knarr.node.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of, verify
+from knarr.node.identity import SIGNATURE_SIZE, Identity, node_id_of, verify
 
 MAGIC = b"KN"
 VERSION = 1

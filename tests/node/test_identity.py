@@ -166,6 +166,7 @@ def test_a_corrupt_stored_key_is_a_storage_error(tmp_path: Path, stored: bytes) 
 
 
 @pytest.mark.xfail(
+    raises=TypeError,
     strict=True,
     reason="Store.get_meta calls bytes() on a TEXT value and raises TypeError, not StorageError",
 )
