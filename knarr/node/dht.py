@@ -150,6 +150,8 @@ class Dht:
         self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
         self._published: dict[str, _Publication] = {}
+        self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
+        self._bootstrap: list[Addr] = []
         self.on_contact: Callable[[Contact, AddResult], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -353,10 +355,67 @@ class Dht:
         """A contact answered us: add it, pinging an old contact if its bucket is full."""
         now = asyncio.get_running_loop().time()
         result, oldest = self.table.add(contact, now)
+        if result is AddResult.ADDED:
+            self._dormant.pop(contact.node_id, None)
+            if len(self.records):
+                self._replicate_to(contact)
         if self.on_contact is not None and result in (AddResult.ADDED, AddResult.PENDING):
             self.on_contact(contact, result)
         if result is AddResult.PENDING and oldest is not None:
             self._probe(oldest, evict_on_failure=True)
+
+    def _failed(self, contact: Contact, *, max_failures: int = 2) -> None:
+        """A contact did not answer. If the table drops it, keep it as dormant: after a
+        partition heals, pinging dormant contacts is how the two sides find each other."""
+        if self.table.failed(contact.node_id, max_failures=max_failures):
+            self._dormant[contact.node_id] = contact
+            self._dormant.move_to_end(contact.node_id)
+            while len(self._dormant) > 4 * self.settings.k:
+                self._dormant.popitem(last=False)
+
+    async def revive(self, count: int = 8) -> int:
+        """Ping a few dormant contacts; those that answer rejoin the table. If the table
+        has become small, go back to the bootstrap peers as well."""
+        dormant = self._dormant
+        batch = [dormant.popitem(last=False)[1] for _ in range(min(count, len(dormant)))]
+        ping = Ping(ro=self.settings.read_only)
+        tries = [self.call(c.addr, ping, expect=c.node_id, retries=0) for c in batch]
+        if len(self.table) < self.settings.k // 4 and self._bootstrap:
+            tries += [self.call(a, ping, retries=0) for a in self._bootstrap]
+        answers = await asyncio.gather(*tries, return_exceptions=True)
+        for contact, answer in zip(batch, answers, strict=False):
+            if not isinstance(answer, Envelope):
+                self._dormant[contact.node_id] = contact  # back of the queue
+        revived = sum(1 for a in answers if isinstance(a, Envelope))
+        if revived:
+            await self.lookup(self.identity.node_id)
+        return revived
+
+    def _replicate_to(self, newcomer: Contact) -> None:
+        """Kademlia's hand-over: give a new neighbour the records it is now among the
+        closest to, if we are the nearest other holder (so it gets one copy, not k)."""
+        if self.settings.read_only:
+            return
+        now_s = int(self.clock())
+        own = int.from_bytes(self.identity.node_id, "big")
+        new = int.from_bytes(newcomer.node_id, "big")
+        for key in list(self.records.keys())[:2000]:
+            k = int.from_bytes(key, "big")
+            nearest = self.table.closest(key, self.settings.k, exclude=newcomer.node_id)
+            if nearest and int.from_bytes(nearest[0].node_id, "big") ^ k < own ^ k:
+                continue  # someone else is nearer: they hand it over
+            if len(nearest) >= self.settings.k and (
+                new ^ k > int.from_bytes(nearest[-1].node_id, "big") ^ k
+            ):
+                continue  # the newcomer is not among the k closest
+            for record in self.records.get(key, now_s=now_s):
+                self._spawn(self._send_store(newcomer, key, record.raw))
+
+    async def _send_store(self, contact: Contact, key: bytes, raw: bytes) -> None:
+        try:
+            await self.call(contact.addr, Store(key, raw), expect=contact.node_id)
+        except (NetworkError, RemoteProtocolError):
+            pass
 
     def _probe(self, contact: Contact, *, evict_on_failure: bool = False) -> None:
         if self.settings.read_only or contact.node_id in self._probing or self._closed:
@@ -371,7 +430,7 @@ class Dht:
             await self.call(contact.addr, Ping(), expect=contact.node_id)
         except (NetworkError, RemoteProtocolError):
             if evict_on_failure:
-                self.table.failed(contact.node_id, max_failures=1)
+                self._failed(contact, max_failures=1)
         finally:
             self._probing.discard(contact.node_id)
 
@@ -477,7 +536,7 @@ class Dht:
             error = None if fut.cancelled() else fut.exception()
             if fut.cancelled() or error is not None:
                 if isinstance(error, RequestTimeout):
-                    self.table.failed(contact.node_id)
+                    self._failed(contact)
                 launch(machine.on_failure(contact.node_id))
                 check()
                 return
@@ -541,7 +600,7 @@ class Dht:
         now = self.clock()
         count = 0
         for name, pub in list(self._published.items()):
-            grown = pub.table_size < self.settings.k and len(self.table) >= 2 * pub.table_size + 1
+            grown = pub.table_size < self.settings.k and len(self.table) > pub.table_size
             if not (force or grown or now - pub.at >= self.settings.republish_interval):
                 continue
             record = pub.resign()
@@ -553,6 +612,7 @@ class Dht:
     async def maintain(self) -> None:
         """One round of upkeep: expire records, refresh idle buckets, republish."""
         self.records.expire(int(self.clock()))
+        await self.revive()
         await self.refresh()
         await self.republish()
 
@@ -580,6 +640,7 @@ class Dht:
         """Ping bootstrap addresses and remembered contacts, then look up our own id.
         Returns the routing table size; :class:`BootstrapFailed` if nobody answered."""
         addr_list = list(dict.fromkeys(addrs))
+        self._bootstrap = list(dict.fromkeys(self._bootstrap + addr_list))[:16]
         seed_list = list(seeds)
         attempts = [self.ping(a) for a in addr_list] + [
             self.ping(c.addr, expect=c.node_id) for c in seed_list

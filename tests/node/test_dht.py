@@ -260,3 +260,16 @@ async def test_reply_from_wrong_node_id_is_ignored(make_node: NodeFactory) -> No
     impostor = Contact(bytes(32), "127.0.0.1", a.port)
     with pytest.raises(RequestTimeout):
         await b.dht.request(impostor.addr, Ping(), expect=impostor.node_id, timeout=0.2)
+
+
+async def test_new_neighbour_is_handed_the_records_it_should_hold(
+    make_node: NodeFactory,
+) -> None:
+    a, b = await make_node(), await make_node()
+    await b.join([f"127.0.0.1:{a.port}"])
+    await b.announce(sheet("handed", "over"))
+    c = await make_node()
+    await c.join([f"127.0.0.1:{a.port}"])
+    # c is among the k closest to every key in a 3-node network, so it gets a copy
+    # without anyone republishing.
+    await wait_for(lambda: len(c.dht.records.get(skill_key("handed"), now_s=0)) == 1)
