@@ -19,10 +19,15 @@
     │   └── InvalidRecord           a skill record that fails validation
     ├── NetworkError                the network did not do what we asked
     │   ├── RequestTimeout          no reply in time
-    │   └── BootstrapFailed         no bootstrap peer answered
+    │   ├── BootstrapFailed         no bootstrap peer answered
+    │   └── ProviderUnreachable     no provider could be connected to
     └── SkillError                  calling a skill failed
         ├── SkillNotFound           no handler with that name here / no provider found
-        └── HandlerError            the handler raised; the original is ``__cause__``
+        ├── HandlerError            the handler raised; the original is ``__cause__``
+        └── TaskError               a remote task did not complete (``code`` says why)
+            ├── TaskRefused         the provider refused it before running the handler
+            ├── TaskFailed          the provider's handler raised
+            └── TaskTimedOut        the handler ran past its time limit
 
 Local errors mean the caller must change something; remote errors mean a peer
 misbehaved and are never the caller's fault.
@@ -113,3 +118,36 @@ class SkillNotFound(SkillError):
 
 class HandlerError(SkillError):
     """A skill handler raised; the handler's exception is the ``__cause__``."""
+
+
+class ProviderUnreachable(NetworkError):
+    """No provider of the skill could be connected to."""
+
+
+class TaskError(SkillError):
+    """A remote task did not complete. ``code`` is the wire error code."""
+
+    code = "task_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class TaskRefused(TaskError):
+    """The provider refused the task (visibility, size, schema, credit, shutdown)."""
+
+    code = "refused"
+
+
+class TaskFailed(TaskError):
+    """The provider ran the handler and it raised."""
+
+    code = "handler_error"
+
+
+class TaskTimedOut(TaskError):
+    """The handler did not finish within the task's time limit."""
+
+    code = "timeout"

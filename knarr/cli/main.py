@@ -15,7 +15,7 @@ log = logging.getLogger("knarr.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from knarr.cli import serve
+    from knarr.cli import client, init, serve
 
     parser = argparse.ArgumentParser(
         prog="knarr",
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"knarr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    init.add_parser(sub)
     serve.add_parser(sub)
+    client.add_parsers(sub)
     return parser
 
 

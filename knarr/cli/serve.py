@@ -17,6 +17,7 @@ import psutil
 from knarr.config import Config, default_config, load_config, parse_hostport
 from knarr.errors import BootstrapFailed, ConfigError
 from knarr.node.dht import DhtSettings
+from knarr.node.handlers import load_handlers, sheet_of
 from knarr.node.node import Node, outbound_address
 
 log = logging.getLogger("knarr.serve")
@@ -108,6 +109,7 @@ async def run(args: argparse.Namespace) -> int:
         storage = str(config.resolve_path(storage))
     bootstrap = list(net_cfg.bootstrap)
     resolved = [parse_hostport(b, source="bootstrap") for b in bootstrap]
+    handlers = load_handlers(config)  # a bad handler fails before anything listens
     advertise = node_cfg.advertise_host or detect_advertise_host(node_cfg.host, resolved)
     settings = DhtSettings(
         window_s=net_cfg.clock_skew,
@@ -117,7 +119,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     node = Node(
         node_cfg.host, node_cfg.port, storage=storage, advertise_host=advertise,
-        settings=settings,
+        settings=settings, max_task_timeout=node_cfg.max_task_timeout,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,15 +135,21 @@ async def run(args: argparse.Namespace) -> int:
             warning = advertise_warning(advertise)
             if warning:
                 print(f"Warning: {warning}")
-        print(flush=True)
         if bootstrap:
             try:
                 size = await node.join(bootstrap)
                 log.info("joined the network: %d peers in the routing table", size)
             except BootstrapFailed as exc:
                 log.warning("%s; serving anyway, peers can join through this node", exc)
+        for name, handler in handlers.items():
+            node.register_handler(name, handler)
+            skill = config.skills[name]
+            await node.announce(sheet_of(skill))
+            where = "local only" if skill.visibility == "private" else skill.visibility
+            print(f"Serving skill: {name} ({where})")
+        print(flush=True)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: %d tasks in flight", node.tasks.inflight)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

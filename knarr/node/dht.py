@@ -160,6 +160,12 @@ class Dht:
         self.endpoint = await self.network.bind(host, port, self.datagram_received)
         return self.endpoint.local_address
 
+    def close_endpoint(self) -> None:
+        """Unbind without shutting down (to bind again elsewhere)."""
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
     def close(self) -> None:
         self._closed = True
         for task in list(self._tasks):

@@ -20,14 +20,20 @@ from knarr.config import parse_hostport
 from knarr.errors import (
     BootstrapFailed,
     ConfigError,
+    KnarrError,
     LocalProtocolError,
+    NetworkError,
+    RemoteProtocolError,
     SkillNotFound,
+    TaskRefused,
 )
 from knarr.node.contact import Contact, pack_ip
 from knarr.node.dht import Dht, DhtSettings
 from knarr.node.identity import Identity
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
 from knarr.node.store import Store
+from knarr.node.taskchannel import Sealer, SkillPolicy, TaskClient, TaskServer
+from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes
 from knarr.node.transport import Addr, DatagramNetwork
 
 log = logging.getLogger("knarr.node")
@@ -83,6 +89,7 @@ class Node:
         clock: Callable[[], float] = time.time,
         entropy: Callable[[int], bytes] = os.urandom,
         identity: Identity | None = None,
+        max_task_timeout: float = 3600.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -95,6 +102,13 @@ class Node:
             self.identity, settings=settings, network=network, clock=clock, entropy=entropy
         )
         self._skills: dict[str, _Skill] = {}
+        self._policies: dict[str, SkillPolicy] = {}
+        sealer = Sealer(self.identity, Boxes(self.identity), self.dht.replay, clock, entropy)
+        self.tasks = TaskServer(
+            sealer, policy=self._policies.get, run=self.call_local,
+            max_task_timeout=max_task_timeout, max_frame=self._max_frame,
+        )
+        self.client = TaskClient(sealer)
         self._maintenance: asyncio.Task[None] | None = None
         self._started = False
 
@@ -123,8 +137,7 @@ class Node:
         """Bind the UDP socket and, if the database remembers peers, rejoin through them."""
         if self._started:
             return
-        bound = await self.dht.bind(self.host, self.port)
-        self.port = bound[1]
+        bound = await self._bind_both()
         self._started = True
         log.info("node %s listening on %s:%d", self.node_id[:16], *bound)
         saved = self._saved_peers()
@@ -137,6 +150,27 @@ class Node:
         self._maintenance = asyncio.create_task(
             self.dht.run_maintenance(on_tick=self._save_peers), name="knarr-maintenance"
         )
+
+    async def _bind_both(self) -> Addr:
+        """UDP (DHT) and TCP (tasks) on the same port number; with port 0, one the OS
+        picks that is free for both."""
+        for attempt in range(20):
+            bound = await self.dht.bind(self.host, self.port)
+            try:
+                await self.tasks.start(self.host, bound[1])
+            except OSError as exc:
+                self.dht.close_endpoint()
+                if self.port != 0 or attempt == 19:
+                    where = f"{self.host}:{bound[1]}"
+                    raise NetworkError(f"cannot listen on TCP {where}: {exc}") from exc
+                continue
+            self.port = bound[1]
+            return bound
+        raise AssertionError("unreachable")
+
+    def _max_frame(self) -> int:
+        largest = max((p.max_input_size for p in self._policies.values()), default=65536)
+        return largest + BOX_OVERHEAD + ENVELOPE_SLACK + 64
 
     async def join(self, bootstrap: Iterable[str]) -> int:
         """Join the network through ``"host:port"`` peers. Returns the routing table size.
@@ -170,12 +204,15 @@ class Node:
             raise ConfigError(f"bootstrap: cannot resolve {host!r}: {exc}") from exc
         return (str(infos[0][4][0]), port)
 
-    async def stop(self) -> None:
-        """Stop serving, remember the routing table, close the database."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop serving: refuse new tasks, give running ones ``grace`` seconds, remember
+        the routing table, close the database."""
         if not self._started:
             self.store.close()
             return
         self._started = False
+        await self.tasks.stop(grace=grace)
+        await self.client.close()
         if self._maintenance is not None:
             self._maintenance.cancel()
             try:
@@ -246,6 +283,13 @@ class Node:
         self._check_started()
         frozen = dict(sheet)
         record = self._sign(frozen)
+        self._policies[record.name] = SkillPolicy(
+            visibility=str(sheet.get("visibility", "public")),
+            allowed_nodes=frozenset(str(n).lower() for n in sheet.get("allowed_nodes", ())),
+            max_input_size=int(sheet.get("max_input_size", 65536)),
+            input_schema=dict(sheet.get("input_schema", {})),
+            price=float(sheet.get("price", 1.0)),
+        )
         if record.visibility == "private":
             self.dht.withdraw(record.name)
         else:
@@ -298,6 +342,43 @@ class Node:
         return result.records
 
 
+
+    async def request(
+        self, skill: str, data: Mapping[str, Any], *, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Run ``skill`` on the network: find its providers, try the best one, fall back
+        to the next on failure. Returns the output; raises the last provider's error."""
+        _, output = await self.request_detailed(skill, data, timeout=timeout)
+        return output
+
+    async def request_detailed(
+        self, skill: str, data: Mapping[str, Any], *, timeout: float = 30.0
+    ) -> tuple[SkillRecord, dict[str, Any]]:
+        """:meth:`request`, also saying which provider's record answered."""
+        self._check_started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        providers = await self.find_skills(skill)
+        if not providers:
+            raise SkillNotFound(f"no provider serves {skill!r} on the network")
+        last: KnarrError | None = None
+        for record in providers:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                output = await self.client.call(
+                    record.host, record.port, record.public_key, skill, data, timeout=remaining
+                )
+                return record, output
+            except TaskRefused as exc:
+                if exc.code in ("invalid_input", "input_too_large"):
+                    raise  # the input is wrong; another provider would refuse it too
+                last = exc
+            except (NetworkError, RemoteProtocolError, KnarrError) as exc:
+                last = exc
+            log.info("provider %s failed for %s: %s", record.provider_id.hex()[:16], skill, last)
+        raise last or NetworkError(f"{skill!r}: no time left to try a provider")
 
 def _as_private(record: SkillRecord) -> SkillRecord:
     """The local view of a private skill: never published, so never needs a signature."""

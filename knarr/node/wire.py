@@ -54,6 +54,8 @@ class MsgType(IntEnum):
     STORE = 7
     STORED = 8
     ERROR = 15
+    TASK_REQUEST = 16
+    TASK_RESULT = 17
 
 
 # ----------------------------------------------------------------------------- bodies

@@ -1,0 +1,150 @@
+"""``knarr query`` and ``knarr request``: a short-lived read-only node that asks the
+network and prints what it found."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from knarr.config import parse_hostport
+from knarr.errors import ConfigError, KnarrError, SkillNotFound
+from knarr.node.dht import DhtSettings
+from knarr.node.node import Node
+from knarr.node.records import SkillRecord
+
+
+def _common(p: argparse.ArgumentParser, *, timeout: float) -> None:
+    p.add_argument("--bootstrap", required=True, help="bootstrap peer host:port (required)")
+    p.add_argument("--port", type=int, default=0, help="local listen port (default: random)")
+    p.add_argument(
+        "--timeout", type=float, default=timeout, help=f"timeout in seconds (default: {timeout:g})"
+    )
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+
+
+def add_parsers(sub: Any) -> None:
+    q = sub.add_parser(
+        "query", help="search the network for skills",
+        description="Find the providers of a skill, by name or by tag.",
+    )
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name", help="skill name to look for")
+    which.add_argument("--tag", help="tag to look for")
+    _common(q, timeout=5.0)
+    q.set_defaults(run=run_query)
+
+    r = sub.add_parser(
+        "request", help="run a skill on the network",
+        description="Find a provider of a skill and run it with the given input.",
+    )
+    r.add_argument("--skill", required=True, help="skill name to execute")
+    r.add_argument(
+        "--input", required=True, help='JSON object with the task input, e.g. \'{"text": "hi"}\''
+    )
+    r.add_argument("--output-dir", help="download knarr-asset:// results into this folder")
+    _common(r, timeout=30.0)
+    r.set_defaults(run=run_request)
+
+
+@asynccontextmanager
+async def client_node(args: argparse.Namespace) -> AsyncIterator[Node]:
+    """A read-only node (never added to others' routing tables) joined to the network."""
+    bootstrap = [e.strip() for e in args.bootstrap.split(",") if e.strip()]
+    for entry in bootstrap:
+        parse_hostport(entry, source="--bootstrap")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: expected 0..65535, got {args.port}")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    node = Node("0.0.0.0", args.port, settings=DhtSettings(read_only=True))
+    await node.start()
+    try:
+        await node.join(bootstrap)
+        yield node
+    finally:
+        await node.stop(grace=0)
+
+
+def _short(node_id: str) -> str:
+    return node_id[:16] + "..."
+
+
+def print_table(records: list[SkillRecord]) -> None:
+    rows = [("SKILL", "PROVIDER", "HOST", "DESCRIPTION")] + [
+        (r.name, _short(r.provider_id.hex()), f"{r.host}:{r.port}", r.description)
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)]
+        print("  ".join([*cells, row[3]]).rstrip())
+
+
+async def run_query(args: argparse.Namespace) -> int:
+    import asyncio
+
+    async with client_node(args) as node:
+        try:
+            async with asyncio.timeout(args.timeout):
+                records = await (
+                    node.find_skills(args.name) if args.name else node.find_skills(tag=args.tag)
+                )
+        except TimeoutError:
+            raise KnarrError(f"the network did not answer within {args.timeout:g} s") from None
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+    elif records:
+        print_table(records)
+    what = f"skill {args.name!r}" if args.name else f"tag {args.tag!r}"
+    if not records:
+        print(f"No providers found for {what}.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_input(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--input is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"--input must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _print_fields(output: Mapping[str, Any], indent: str = "  ") -> None:
+    for key, value in output.items():
+        shown = value if isinstance(value, str) else json.dumps(value)
+        print(f"{indent}{key}: {shown}")
+
+
+async def run_request(args: argparse.Namespace) -> int:
+    data = parse_input(args.input)
+    try:
+        async with client_node(args) as node:
+            record, output = await node.request_detailed(args.skill, data, timeout=args.timeout)
+    except (SkillNotFound, KnarrError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        if args.json:
+            code = getattr(exc, "code", type(exc).__name__)
+            print(json.dumps({"status": "failed", "error": str(exc), "code": code}))
+        else:
+            print("Status: failed")
+            print(f"Error: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps({
+            "status": "completed", "skill": args.skill,
+            "provider": record.provider_id.hex(), "output": output,
+        }, indent=2))
+    else:
+        print("Status: completed")
+        print("Output:")
+        _print_fields(output)
+    return 0

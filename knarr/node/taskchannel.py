@@ -1,0 +1,362 @@
+"""The task channel over TCP: the provider's server and the requester's connection pool.
+
+Frames are a 4-byte big-endian length and one signed envelope. One connection carries
+any number of concurrent requests; results are matched by the request's nonce. The
+provider checks, in order: signature and replay, visibility and whitelist, input size
+(before decrypting), input schema; then runs the handler under the time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from knarr.errors import (
+    LocalProtocolError,
+    ProviderUnreachable,
+    RemoteProtocolError,
+    RequestTimeout,
+)
+from knarr.node import wire
+from knarr.node.identity import Identity
+from knarr.node.tasks import (
+    ENVELOPE_SLACK,
+    FRAME_HEADER,
+    Boxes,
+    TaskRequest,
+    TaskResult,
+    error_payload,
+    frame,
+    ok_payload,
+    outcome_of,
+    plaintext_size,
+    schema_problem,
+)
+
+log = logging.getLogger("knarr.tasks")
+
+DEFAULT_MAX_RESULT = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class SkillPolicy:
+    """Who may call a skill and with what (from its ``knarr.toml`` section or sheet)."""
+
+    visibility: str = "public"
+    allowed_nodes: frozenset[str] = frozenset()
+    max_input_size: int = 65536
+    input_schema: Mapping[str, str] = field(default_factory=dict)
+    price: float = 1.0
+
+
+Runner = Callable[[str, dict[str, Any]], Awaitable[Any]]
+PolicyLookup = Callable[[str], SkillPolicy | None]
+
+
+class _Refusal(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Sealer:
+    """Signs and opens this node's task envelopes and seals payloads."""
+
+    identity: Identity
+    boxes: Boxes
+    replay: wire.ReplayGuard
+    clock: Callable[[], float] = time.time
+    entropy: Callable[[int], bytes] = os.urandom
+
+    def seal(self, message: wire.Message, max_size: int) -> tuple[bytes, bytes]:
+        nonce = self.entropy(wire.NONCE_SIZE)
+        envelope = wire.seal(
+            self.identity, message, now_ms=int(self.clock() * 1000), nonce=nonce,
+            max_size=max_size,
+        )
+        return nonce, frame(envelope)
+
+    def open(self, data: bytes, max_size: int) -> wire.Envelope:
+        return wire.open_envelope(
+            data, now_ms=int(self.clock() * 1000), replay=self.replay,
+            window_ms=self.replay.window_ms, max_size=max_size,
+        )
+
+
+async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
+    header = await reader.readexactly(FRAME_HEADER.size)
+    (length,) = FRAME_HEADER.unpack(header)
+    if length > limit:
+        raise RemoteProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+    return await reader.readexactly(length)
+
+
+class TaskServer:
+    """Serves announced skills to remote requesters."""
+
+    def __init__(
+        self,
+        crypto: Sealer,
+        *,
+        policy: PolicyLookup,
+        run: Runner,
+        max_task_timeout: float = 3600.0,
+        max_frame: Callable[[], int],
+    ) -> None:
+        self._crypto = crypto
+        self._policy = policy
+        self._run = run
+        self.max_task_timeout = max_task_timeout
+        self._max_frame = max_frame
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self.completed = 0
+        self.refused = 0
+        self.failed = 0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Refuse new tasks, give running ones ``grace`` seconds, then cancel them."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        for writer in list(self._connections):
+            writer.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                limit = self._max_frame()
+                data = await _read_frame(reader, limit)
+                env = self._crypto.open(data, limit)
+                if not isinstance(env.message, TaskRequest):
+                    raise RemoteProtocolError(f"unexpected {type(env.message).__name__}")
+                task = asyncio.create_task(self._handle(env, env.message, writer))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except RemoteProtocolError as exc:
+            log.info("closing task connection from %s: %s", peer, exc)
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _handle(
+        self, env: wire.Envelope, request: TaskRequest, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            payload = ok_payload(await self._execute(env, request))
+            self.completed += 1
+        except _Refusal as refusal:
+            if refusal.code in ("handler_error", "timeout", "bad_output"):
+                self.failed += 1
+            else:
+                self.refused += 1
+            payload = error_payload(refusal.code, str(refusal))
+        self._reply(env, payload, writer)
+
+    async def _execute(self, env: wire.Envelope, request: TaskRequest) -> Mapping[str, Any]:
+        if self._draining:
+            raise _Refusal("shutting_down", "the provider is shutting down; try another")
+        policy = self._policy(request.skill)
+        if policy is None or policy.visibility == "private":
+            raise _Refusal("not_found", f"skill {request.skill!r} is not served here")
+        requester = env.sender_id.hex()
+        if policy.visibility == "whitelist" and requester not in policy.allowed_nodes:
+            raise _Refusal("forbidden", f"node {requester[:16]}… may not call {request.skill!r}")
+        if plaintext_size(request.box) > policy.max_input_size + 16:
+            raise _Refusal(
+                "input_too_large",
+                f"input is over the limit of {policy.max_input_size} bytes for {request.skill!r}",
+            )
+        try:
+            sealed = self._crypto.boxes.open(
+                env.public_key, request.box, max_size=policy.max_input_size + 16
+            )
+        except RemoteProtocolError as exc:
+            raise _Refusal("invalid_input", f"input cannot be read: {exc}") from exc
+        data = sealed.get("input") if isinstance(sealed, dict) else None
+        problem = schema_problem(policy.input_schema, data)
+        if problem:
+            raise _Refusal("invalid_input", problem)
+        assert isinstance(data, dict)
+        limits = [t for t in (self.max_task_timeout, request.timeout_ms / 1000) if t > 0]
+        timeout = min(limits) if limits else None
+        try:
+            async with asyncio.timeout(timeout):
+                output = await self._run(request.skill, data)
+        except TimeoutError as exc:
+            message = f"{request.skill!r} ran past its {timeout:g} s limit"
+            raise _Refusal("timeout", message) from exc
+        except asyncio.CancelledError:
+            if self._draining:
+                raise _Refusal("shutting_down", "the provider stopped before finishing") from None
+            raise
+        except Exception as exc:
+            log.info("handler %s raised %s", request.skill, exc, exc_info=True)
+            raise _Refusal("handler_error", f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(output, Mapping):
+            raise _Refusal("bad_output", f"handler returned {type(output).__name__}, not a dict")
+        return output
+
+    def _reply(self, env: wire.Envelope, payload: dict[str, Any], writer: Any) -> None:
+        if writer.is_closing():
+            return
+        crypto = self._crypto
+        try:
+            box = crypto.boxes.seal(env.public_key, payload, crypto.entropy(24))
+        except LocalProtocolError as exc:
+            box = crypto.boxes.seal(
+                env.public_key, error_payload("bad_output", f"output cannot be sent: {exc}"),
+                crypto.entropy(24),
+            )
+        _, data = crypto.seal(TaskResult(env.nonce, box), DEFAULT_MAX_RESULT + ENVELOPE_SLACK)
+        writer.write(data)
+
+
+@dataclass
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    public_key: bytes
+    pending: dict[bytes, asyncio.Future[wire.Envelope]] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return not self.writer.is_closing() and self.task is not None and not self.task.done()
+
+
+class TaskClient:
+    """Sends task requests to providers, one reusable connection per provider."""
+
+    def __init__(self, crypto: Sealer, *, max_result: int = DEFAULT_MAX_RESULT) -> None:
+        self._crypto = crypto
+        self.max_result = max_result
+        self._connections: dict[tuple[str, int, bytes], _Connection] = {}
+        self._connecting: dict[tuple[str, int, bytes], asyncio.Future[_Connection]] = {}
+
+    async def _connection(self, host: str, port: int, public_key: bytes,
+                          timeout: float) -> _Connection:
+        key = (host, port, public_key)
+        conn = self._connections.get(key)
+        if conn is not None and conn.alive:
+            return conn
+        waiting = self._connecting.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[_Connection] = asyncio.get_running_loop().create_future()
+        self._connecting[key] = future
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as exc:
+            error = ProviderUnreachable(f"cannot connect to {host}:{port}: {exc or 'timed out'}")
+            future.set_exception(error)
+            future.exception()
+            raise error from exc
+        finally:
+            self._connecting.pop(key, None)
+        conn = _Connection(reader, writer, public_key)
+        conn.task = asyncio.create_task(self._read(conn))
+        self._connections[key] = conn
+        future.set_result(conn)
+        return conn
+
+    async def _read(self, conn: _Connection) -> None:
+        error: Exception = ProviderUnreachable("the provider closed the connection")
+        try:
+            while True:
+                data = await _read_frame(conn.reader, self.max_result + ENVELOPE_SLACK)
+                env = self._crypto.open(data, self.max_result + ENVELOPE_SLACK)
+                if env.public_key != conn.public_key or not isinstance(env.message, TaskResult):
+                    raise RemoteProtocolError("result from the wrong node or of the wrong type")
+                future = conn.pending.pop(env.message.re, None)
+                if future is not None and not future.done():
+                    future.set_result(env)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except RemoteProtocolError as exc:
+            error = exc
+        finally:
+            conn.writer.close()
+            for future in conn.pending.values():
+                if not future.done():
+                    future.set_exception(error)
+            conn.pending.clear()
+
+    async def call(
+        self,
+        host: str,
+        port: int,
+        public_key: bytes,
+        skill: str,
+        data: Mapping[str, Any],
+        *,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Run ``skill`` at the provider; its output, or the :class:`TaskError` it sent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = await self._connection(host, port, public_key, timeout)
+        crypto = self._crypto
+        box = crypto.boxes.seal(public_key, {"input": dict(data)}, crypto.entropy(24))
+        request = TaskRequest(skill, box, int(timeout * 1000) if math.isfinite(timeout) else 0)
+        nonce, frame_bytes = crypto.seal(request, len(box) + ENVELOPE_SLACK)
+        future: asyncio.Future[wire.Envelope] = loop.create_future()
+        conn.pending[nonce] = future
+        conn.writer.write(frame_bytes)
+        try:
+            # The provider stops the handler at ``timeout``; allow its answer to arrive.
+            async with asyncio.timeout_at(deadline + 1.0):
+                await conn.writer.drain()
+                env = await future
+        except TimeoutError as exc:
+            raise RequestTimeout(f"no result from {host}:{port} within {timeout:g} s") from exc
+        except ConnectionError as exc:
+            raise ProviderUnreachable(f"connection to {host}:{port} failed: {exc}") from exc
+        finally:
+            conn.pending.pop(nonce, None)
+        assert isinstance(env.message, TaskResult)
+        payload = crypto.boxes.open(public_key, env.message.box, max_size=self.max_result)
+        return outcome_of(payload)
+
+    async def close(self) -> None:
+        for conn in self._connections.values():
+            conn.writer.close()
+            if conn.task is not None:
+                conn.task.cancel()
+        tasks = [c.task for c in self._connections.values() if c.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._connections.clear()
+
+

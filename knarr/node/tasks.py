@@ -1,0 +1,202 @@
+"""The task channel's messages and payload sealing, as pure code.
+
+A task travels in the same signed envelope as DHT messages, framed on TCP by a 4-byte
+big-endian length. Its input and output are confidential: sealed with a NaCl box between
+the two nodes' X25519 keys, which are derived from their Ed25519 identities, so no key
+exchange is needed and only the two ends can read the payload.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.exceptions
+import nacl.public
+import nacl.signing
+
+from knarr.errors import (
+    MalformedMessage,
+    MistypedMessage,
+    RemoteProtocolError,
+    TaskError,
+    TaskFailed,
+    TaskRefused,
+    TaskTimedOut,
+)
+from knarr.node import cbor, wire
+from knarr.node.identity import Identity
+from knarr.node.wire import NONCE_SIZE, MsgType, Reply, Request, _bytes, _only, _text, _uint
+
+FRAME_HEADER = struct.Struct(">I")
+BOX_OVERHEAD = nacl.public.Box.NONCE_SIZE + 16  # nonce + Poly1305 tag
+ENVELOPE_SLACK = 1024  # envelope header, signature, body keys around the box
+MAX_SKILL_NAME = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest(Request):
+    """Run ``skill`` on the sealed input; give up after ``timeout_ms`` (0: provider's limit)."""
+
+    TYPE = MsgType.TASK_REQUEST
+    FIELDS = frozenset({"skill", "box", "timeout"})
+    skill: str
+    box: bytes
+    timeout_ms: int = 0
+    ro: bool = False
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"skill": self.skill, "box": self.box}
+        if self.timeout_ms:
+            body["timeout"] = self.timeout_ms
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[Any, Any]) -> TaskRequest:
+        _only(body, cls.FIELDS)
+        return cls(_text(body, "skill", MAX_SKILL_NAME), _bytes(body, "box"),
+                   _uint(body, "timeout", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult(Reply):
+    """The sealed outcome of the task whose request nonce is ``re``."""
+
+    TYPE = MsgType.TASK_RESULT
+    FIELDS = frozenset({"re", "box"})
+    re: bytes
+    box: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"re": self.re, "box": self.box}
+
+    @classmethod
+    def from_body(cls, body: dict[Any, Any]) -> TaskResult:
+        _only(body, cls.FIELDS)
+        return cls(_bytes(body, "re", NONCE_SIZE), _bytes(body, "box"))
+
+
+wire.register_message(TaskRequest)
+wire.register_message(TaskResult)
+
+
+# ------------------------------------------------------------------------------ sealing
+
+
+class Boxes:
+    """NaCl boxes between this node and its peers, cached: the X25519 shared key costs a
+    scalar multiplication, so it is computed once per peer."""
+
+    def __init__(self, identity: Identity, capacity: int = 4096) -> None:
+        self._private = identity.signing_key.to_curve25519_private_key()
+        self._boxes: OrderedDict[bytes, nacl.public.Box] = OrderedDict()
+        self.capacity = capacity
+
+    def box(self, peer_public_key: bytes) -> nacl.public.Box:
+        box = self._boxes.get(peer_public_key)
+        if box is None:
+            try:
+                peer = nacl.signing.VerifyKey(peer_public_key).to_curve25519_public_key()
+            except (nacl.exceptions.CryptoError, ValueError) as exc:
+                raise MalformedMessage("peer key has no X25519 form") from exc
+            box = nacl.public.Box(self._private, peer)
+            self._boxes[peer_public_key] = box
+            if len(self._boxes) > self.capacity:
+                self._boxes.popitem(last=False)
+        else:
+            self._boxes.move_to_end(peer_public_key)
+        return box
+
+    def seal(self, peer_public_key: bytes, value: object, nonce: bytes) -> bytes:
+        """Encrypt the canonical encoding of ``value`` for ``peer_public_key``."""
+        return bytes(self.box(peer_public_key).encrypt(cbor.encode(value), nonce))
+
+    def open(self, peer_public_key: bytes, sealed: bytes, *, max_size: int) -> Any:
+        """Decrypt and decode a payload from ``peer_public_key``; size checked first."""
+        if len(sealed) - BOX_OVERHEAD > max_size:
+            raise MalformedMessage("sealed payload is larger than allowed")
+        try:
+            plain = self.box(peer_public_key).decrypt(sealed)
+        except nacl.exceptions.CryptoError as exc:
+            raise MalformedMessage("sealed payload does not open") from exc
+        return cbor.decode(plain, max_depth=32, max_items=1_000_000)
+
+
+def plaintext_size(sealed: bytes) -> int:
+    return max(0, len(sealed) - BOX_OVERHEAD)
+
+
+# ------------------------------------------------------------------------ outcomes
+
+ERROR_CLASSES: dict[str, type[TaskError]] = {
+    "not_found": TaskRefused,
+    "forbidden": TaskRefused,
+    "input_too_large": TaskRefused,
+    "invalid_input": TaskRefused,
+    "busy": TaskRefused,
+    "shutting_down": TaskRefused,
+    "credit_limit": TaskRefused,
+    "handler_error": TaskFailed,
+    "bad_output": TaskFailed,
+    "timeout": TaskTimedOut,
+}
+
+
+def ok_payload(output: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ok": dict(output)}
+
+
+def error_payload(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message[:1000]}}
+
+
+def outcome_of(payload: Any) -> dict[str, Any]:
+    """The output dict of a result payload, or the :class:`TaskError` it carries."""
+    if isinstance(payload, dict) and set(payload) == {"ok"} and isinstance(payload["ok"], dict):
+        return payload["ok"]
+    if isinstance(payload, dict) and set(payload) == {"error"}:
+        err = payload["error"]
+        if isinstance(err, dict) and isinstance(err.get("code"), str):
+            code, message = err["code"], str(err.get("message", ""))
+            raise ERROR_CLASSES.get(code, TaskError)(message or code, code=code)
+    raise MistypedMessage("task result payload is neither an output nor an error")
+
+
+# -------------------------------------------------------------------------- schemas
+
+_CHECKS: dict[str, Any] = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: type(v) in (int, float) and (type(v) is int or math.isfinite(v)),
+    "integer": lambda v: type(v) is int,
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "any": lambda v: True,
+}
+
+
+def schema_problem(schema: Mapping[str, str], data: Any) -> str | None:
+    """Why ``data`` does not fit ``schema`` (every declared field present, of its type),
+    or ``None`` if it does. Undeclared extra fields are allowed."""
+    if not isinstance(data, dict):
+        return "input must be a JSON object"
+    for field, kind in schema.items():
+        if field not in data:
+            return f"input is missing field {field!r} ({kind})"
+        check = _CHECKS.get(kind, _CHECKS["any"])
+        if not check(data[field]):
+            return f"input field {field!r} must be {kind}, got {type(data[field]).__name__}"
+    return None
+
+
+def frame(envelope: bytes) -> bytes:
+    return FRAME_HEADER.pack(len(envelope)) + envelope
+
+
+def check_frame_length(length: int, limit: int) -> None:
+    if length > limit:
+        raise RemoteProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
