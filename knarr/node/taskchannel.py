@@ -222,7 +222,8 @@ class TaskServer:
                 raise _Refusal("shutting_down", "the provider stopped before finishing") from None
             raise
         except Exception as exc:
-            log.info("handler %s raised %s", request.skill, exc, exc_info=True)
+            log.warning("skill %s failed: %s: %s", request.skill, type(exc).__name__, exc)
+            log.debug("handler traceback", exc_info=True)
             raise _Refusal("handler_error", f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(output, Mapping):
             raise _Refusal("bad_output", f"handler returned {type(output).__name__}, not a dict")

@@ -283,7 +283,8 @@ def test_remove_drops_a_contact() -> None:
 
 def test_a_subnet_may_hold_only_a_few_slots_per_bucket() -> None:
     table = RoutingTable(OWN, k=20, subnet_limit=2)
-    results = [table.add(peer(id_in_bucket(255, i), f"198.51.100.{i + 1}"), 0.0)[0] for i in range(5)]
+    hosts = [f"198.51.100.{i + 1}" for i in range(5)]
+    results = [table.add(peer(id_in_bucket(255, i), h), 0.0)[0] for i, h in enumerate(hosts)]
     assert results == [AddResult.ADDED] * 2 + [AddResult.REJECTED] * 3
     # Another /24 is fine, and so is the same /24 in another bucket.
     assert table.add(peer(id_in_bucket(255, 9), "198.51.101.1"), 0.0)[0] is AddResult.ADDED
@@ -302,7 +303,8 @@ def test_ipv6_subnets_are_slash_48() -> None:
 def test_loopback_is_exempt_from_the_subnet_limit() -> None:
     table = RoutingTable(OWN, k=20, subnet_limit=2)
     for i in range(10):
-        assert table.add(peer(id_in_bucket(255, i), "127.0.0.1", 5000 + i), 0.0)[0] is AddResult.ADDED
+        result, _ = table.add(peer(id_in_bucket(255, i), "127.0.0.1", 5000 + i), 0.0)
+        assert result is AddResult.ADDED
     assert table.add(peer(id_in_bucket(254, 0), "::1", 5000), 0.0)[0] is AddResult.ADDED
     assert len(table) == 11
 
