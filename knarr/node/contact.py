@@ -68,13 +68,22 @@ def unpack_ip(packed: bytes) -> str:
 @lru_cache(maxsize=65536)
 def subnet_of(host: str) -> str | None:
     """The /24 (IPv4) or /48 (IPv6) a host belongs to; ``None`` for loopback (exempt)."""
-    ip = ipaddress.ip_address(host)
+    ip = _unmapped(host)
     if ip.is_loopback:
         return None
     prefix = 24 if ip.version == 4 else 48
+    host = str(ip)
     return str(ipaddress.ip_network(f"{host}/{prefix}", strict=False))
 
 
 @lru_cache(maxsize=65536)
 def is_loopback(host: str) -> bool:
-    return ipaddress.ip_address(host).is_loopback
+    return _unmapped(host).is_loopback
+
+
+def _unmapped(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) seen as the IPv4 it is."""
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

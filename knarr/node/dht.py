@@ -60,6 +60,7 @@ _EXPECTED_REPLIES: dict[type[Message], tuple[type[Reply], ...]] = {
     Store: (Stored, Error),
 }
 AMPLIFICATION = 3  # a reply to an unproven address is at most this many times the request
+VALUE_PAD = 320  # request padding that makes room for a full-size reply from anyone
 _REPLY_BUDGET = wire.MAX_DATAGRAM
 
 
@@ -255,7 +256,7 @@ class Dht:
         try:
             env = wire.open_envelope(
                 data, now_ms=self.now_ms, replay=self.replay,
-                window_ms=self.replay.window_ms,
+                window_ms=self.replay.window_ms, types=wire.DHT_TYPES,
             )
         except RemoteProtocolError as exc:
             stats.invalid += 1
@@ -484,9 +485,11 @@ class Dht:
         pages: set[asyncio.Future[Envelope]] = set()
 
         def message(offset: int = 0) -> Request:
+            # Value replies must fit a whole record even from a node that has not yet
+            # seen our address answer, and read-only clients are never seen to answer.
             if want_value:
-                return FindValue(target, offset, ro=s.read_only)
-            return FindNode(target, ro=s.read_only)
+                return FindValue(target, offset, ro=s.read_only, pad=VALUE_PAD)
+            return FindNode(target, ro=s.read_only, pad=VALUE_PAD if s.read_only else 0)
 
         def check() -> None:
             if not done.done() and machine.finished and not pages:
@@ -547,6 +550,10 @@ class Dht:
                 check()
                 return
             reply = fut.result().message
+            if isinstance(reply, Error):  # refused: the same as no answer for the lookup
+                launch(machine.on_failure(contact.node_id))
+                check()
+                return
             has_value = False
             nodes: tuple[Contact, ...] = ()
             if isinstance(reply, Nodes):
@@ -594,6 +601,8 @@ class Dht:
         """Store ``record`` now and keep it alive: before it expires, and soon after the
         network grows past the size it was published into, ``resign()`` makes a fresh
         record (higher sequence, later expiry) that is stored again."""
+        if self.settings.read_only:
+            raise LocalProtocolError("a read-only node cannot publish records")
         self._published[record.name] = _Publication(resign, record, self.clock(), len(self.table))
         return await self.store(record)
 

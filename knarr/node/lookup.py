@@ -207,9 +207,11 @@ class RttEstimator:
         return self._peers.get(peer, self._all)
 
     def timeout(self, peer: Hashable) -> float:
+        """Give up: well past the usual round trip even when it has been steady."""
         srtt, rttvar = self._est(peer)
-        return min(self.max_timeout, max(self.min_timeout, srtt + 4 * rttvar))
+        return min(self.max_timeout, max(self.min_timeout, 2 * srtt, srtt + 4 * rttvar))
 
     def stall(self, peer: Hashable) -> float:
+        """Stop waiting: later than most replies, earlier than :meth:`timeout`."""
         srtt, rttvar = self._est(peer)
-        return min(self.timeout(peer), max(self.min_stall, 2 * srtt + 2 * rttvar))
+        return min(0.75 * self.timeout(peer), max(self.min_stall, 1.5 * srtt + 2 * rttvar))

@@ -148,6 +148,11 @@ def _check_fields(body: Mapping[str, Any]) -> None:
     _schema(body["out"], "out")
 
 
+def _listed(value: Any) -> Any:
+    """Tuples become lists; anything else (a lone string, say) is left for the checks."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def sign_record(
     identity: Identity,
     sheet: Mapping[str, Any],
@@ -163,7 +168,7 @@ def sign_record(
         "name": sheet.get("name"),
         "ver": str(sheet.get("version", "1.0.0")),
         "desc": sheet.get("description", ""),
-        "tags": list(sheet.get("tags", [])),
+        "tags": _listed(sheet.get("tags", [])),
         "in": dict(sheet.get("input_schema", {})),
         "out": dict(sheet.get("output_schema", {})),
         "price": sheet.get("price", 1.0),

@@ -169,7 +169,9 @@ class RoutingTable:
             if e.contact.node_id != exclude
         )
         return heapq.nsmallest(
-            count or self.k, entries, key=lambda c: int.from_bytes(c.node_id, "big") ^ t
+            self.k if count is None else count,
+            entries,
+            key=lambda c: int.from_bytes(c.node_id, "big") ^ t,
         )
 
     def contacts(self) -> Iterator[Entry]:

@@ -87,7 +87,11 @@ class Store:
 
     def get_meta(self, key: str) -> bytes | None:
         rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
-        return bytes(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        if not isinstance(rows[0][0], bytes):
+            raise StorageError(f"{self.path}: meta value {key!r} is corrupt (not a blob)")
+        return rows[0][0]
 
     def set_meta(self, key: str, value: bytes) -> None:
         self.execute(

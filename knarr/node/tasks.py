@@ -58,8 +58,10 @@ class TaskRequest(Request):
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> TaskRequest:
         _only(body, cls.FIELDS)
-        return cls(_text(body, "skill", MAX_SKILL_NAME), _bytes(body, "box"),
-                   _uint(body, "timeout", 0))
+        skill = _text(body, "skill", MAX_SKILL_NAME)
+        if not skill:
+            raise MistypedMessage("field 'skill' is required")
+        return cls(skill, _bytes(body, "box"), _uint(body, "timeout", 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from knarr.errors import (
@@ -90,6 +92,17 @@ def _text(body: dict[Any, Any], key: str, limit: int = 512) -> str:
     return value
 
 
+def _pad(body: dict[Any, Any]) -> int:
+    """Padding buys reply room from a node that has not yet seen our address answer
+    (replies to unproven addresses are capped at 3x the request)."""
+    if "pad" not in body:
+        return 0
+    pad = body["pad"]
+    if not isinstance(pad, bytes) or len(pad) > MAX_DATAGRAM:
+        raise MistypedMessage("field 'pad' must be bytes")
+    return len(pad)
+
+
 def _only(body: dict[Any, Any], allowed: frozenset[str]) -> None:
     extra = body.keys() - allowed
     if extra:
@@ -159,20 +172,23 @@ class FindNode(Request):
     """Ask for the contacts closest to ``target`` that the receiver knows."""
 
     TYPE = MsgType.FIND_NODE
-    FIELDS = frozenset({"target", "ro"})
+    FIELDS = frozenset({"target", "ro", "pad"})
     target: bytes
     ro: bool = False
+    pad: int = 0
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"target": self.target}
         if self.ro:
             body["ro"] = True
+        if self.pad:
+            body["pad"] = bytes(self.pad)
         return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> FindNode:
         _only(body, cls.FIELDS)
-        return cls(_bytes(body, "target", ID_SIZE), _flag(body, "ro"))
+        return cls(_bytes(body, "target", ID_SIZE), _flag(body, "ro"), _pad(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +217,11 @@ class FindValue(Request):
     """Ask for the records stored under ``key``, from the ``offset``-th on."""
 
     TYPE = MsgType.FIND_VALUE
-    FIELDS = frozenset({"key", "offset", "ro"})
+    FIELDS = frozenset({"key", "offset", "ro", "pad"})
     key: bytes
     offset: int = 0
     ro: bool = False
+    pad: int = 0
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"key": self.key}
@@ -212,12 +229,16 @@ class FindValue(Request):
             body["offset"] = self.offset
         if self.ro:
             body["ro"] = True
+        if self.pad:
+            body["pad"] = bytes(self.pad)
         return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> FindValue:
         _only(body, cls.FIELDS)
-        return cls(_bytes(body, "key", ID_SIZE), _uint(body, "offset", 0), _flag(body, "ro"))
+        return cls(
+            _bytes(body, "key", ID_SIZE), _uint(body, "offset", 0), _flag(body, "ro"), _pad(body)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +326,10 @@ class Error(Reply):
     msg: str = ""
 
     def to_body(self) -> dict[str, Any]:
-        return {"re": self.re, "code": self.code, "msg": self.msg}
+        body: dict[str, Any] = {"re": self.re, "code": self.code}
+        if self.msg:
+            body["msg"] = self.msg
+        return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> Error:
@@ -313,9 +337,12 @@ class Error(Reply):
         return cls(_bytes(body, "re", NONCE_SIZE), _uint(body, "code"), _text(body, "msg"))
 
 
-MESSAGE_TYPES: dict[int, type[Message]] = {
-    cls.TYPE: cls for cls in (Ping, Pong, FindNode, Nodes, FindValue, Value, Store, Stored, Error)
-}
+DHT_TYPES: Mapping[int, type[Message]] = MappingProxyType(
+    {cls.TYPE: cls for cls in (Ping, Pong, FindNode, Nodes, FindValue, Value, Store, Stored, Error)}
+)
+"""The messages a UDP datagram may carry; anything else is refused as mistyped."""
+MESSAGE_TYPES: dict[int, type[Message]] = dict(DHT_TYPES)
+"""Every message type (the task channel registers its own)."""
 
 
 def register_message(cls: type[Message]) -> type[Message]:
@@ -375,8 +402,10 @@ def open_envelope(
     replay: ReplayGuard | None,
     window_ms: int = DEFAULT_WINDOW_MS,
     max_size: int = MAX_DATAGRAM,
+    types: Mapping[int, type[Message]] = MESSAGE_TYPES,
 ) -> Envelope:
-    """Validate and decode one envelope, raising the :class:`RemoteProtocolError` that fits."""
+    """Validate and decode one envelope, raising the :class:`RemoteProtocolError` that fits.
+    Only message types in ``types`` are accepted."""
     size = len(data)
     if size > max_size:
         raise OversizedMessage(f"message is {size} bytes; the limit is {max_size}")
@@ -387,7 +416,7 @@ def open_envelope(
         raise MalformedMessage("not a knarr message (bad magic)")
     if version != VERSION:
         raise MalformedMessage(f"unsupported protocol version {version}")
-    cls = MESSAGE_TYPES.get(mtype)
+    cls = types.get(mtype)
     if cls is None:
         raise MistypedMessage(f"unknown message type {mtype}")
     if ts < now_ms - window_ms:

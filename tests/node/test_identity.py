@@ -165,11 +165,6 @@ def test_a_corrupt_stored_key_is_a_storage_error(tmp_path: Path, stored: bytes) 
         store.close()
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=True,
-    reason="Store.get_meta calls bytes() on a TEXT value and raises TypeError, not StorageError",
-)
 def test_a_stored_key_of_the_wrong_sqlite_type_is_a_storage_error(tmp_path: Path) -> None:
     store = Store(tmp_path / "node.db")
     try:

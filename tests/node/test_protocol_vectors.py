@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from knarr.errors import BadSignature
 from knarr.node import cbor, wire
 from knarr.node.contact import Contact
 from knarr.node.identity import Identity, node_id_of
@@ -195,6 +196,14 @@ def test_envelope_vector_opens_to_its_message(name: str) -> None:
     assert opened.nonce == nonce
     assert wire.peek_type(data) == message.TYPE
     assert len(data) <= wire.MAX_DATAGRAM
+
+
+@pytest.mark.parametrize("name", sorted(envelopes()))
+def test_envelope_vector_signature_covers_every_byte(name: str) -> None:
+    data = bytearray(doc_vectors()[f"envelope.{name}"])
+    data[len(data) // 2] ^= 0x01
+    with pytest.raises(BadSignature):
+        wire.open_envelope(bytes(data), now_ms=NOW_MS, replay=None)
 
 
 def test_record_vector_parses_to_the_stated_sheet() -> None:

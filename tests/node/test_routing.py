@@ -320,9 +320,6 @@ def test_closest_orders_by_xor_distance() -> None:
     assert got[0].node_id == id_in_bucket(64)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="closest() reads `count or self.k`, so a count of 0 returns k contacts"
-)
 def test_closest_with_a_count_of_zero_is_empty() -> None:
     table = RoutingTable(OWN)
     table.add(peer(id_in_bucket(9), "127.0.0.1"), 0.0)
