@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from knarr.config import parse_hostport
-from knarr.errors import ConfigError, KnarrError, SkillNotFound
+from knarr.errors import ConfigError, KnarrError, NetworkError, SkillNotFound
+from knarr.node.assets import asset_refs, asset_uri
 from knarr.node.dht import DhtSettings
 from knarr.node.node import Node
 from knarr.node.records import SkillRecord
@@ -70,6 +72,10 @@ async def client_node(args: argparse.Namespace) -> AsyncIterator[Node]:
         await node.stop(grace=0)
 
 
+class SidecarMissing(NetworkError):
+    """A provider cannot take or give files: it runs without a sidecar."""
+
+
 def _short(node_id: str) -> str:
     return node_id[:16] + "..."
 
@@ -117,6 +123,87 @@ def parse_input(text: str) -> dict[str, Any]:
     return value
 
 
+FILE_PREFIX = "@"
+PROGRESS_OVER = 4 * 2**20
+
+
+def input_files(data: Mapping[str, Any]) -> dict[str, Path]:
+    """Top-level ``"@path"`` values: local files to upload to the provider's sidecar."""
+    files: dict[str, Path] = {}
+    for key, value in data.items():
+        if isinstance(value, str) and value.startswith(FILE_PREFIX) and len(value) > 1:
+            path = Path(value[1:]).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"--input: {key}: file not found: {path}")
+            files[key] = path
+    return files
+
+
+def progress_printer(label: str, total: int) -> Callable[[int, int], None] | None:
+    """Progress on stderr for transfers over a few megabytes (one line, updated)."""
+    if total < PROGRESS_OVER:
+        return None
+    shown = [-1]
+    tty = sys.stderr.isatty()
+
+    def report(done: int, size: int) -> None:
+        size = size or total
+        percent = min(100, done * 100 // max(size, 1))
+        step = percent if tty else percent // 25 * 25
+        if step == shown[0]:
+            return
+        shown[0] = step
+        line = f"{label}: {percent:3d}% ({done / 2**20:.1f}/{size / 2**20:.1f} MiB)"
+        print(("\r" + line) if tty else line, end="" if tty and percent < 100 else "\n",
+              file=sys.stderr, flush=True)
+
+    return report
+
+
+def uploader(node: Node, files: Mapping[str, Path]) -> Callable[
+    [SkillRecord, dict[str, Any]], Awaitable[dict[str, Any]]
+]:
+    """A ``prepare`` hook that uploads the files to each provider tried."""
+
+    async def prepare(record: SkillRecord, data: dict[str, Any]) -> dict[str, Any]:
+        if not files:
+            return data
+        from knarr.node.sidecar import upload_file
+
+        if not record.sidecar_port:
+            raise SidecarMissing(f"provider {_short(record.provider_id.hex())} has no sidecar")
+        for key, path in files.items():
+            size = path.stat().st_size
+            digest, _ = await upload_file(
+                record.host, record.sidecar_port, path, node.identity,
+                progress=progress_printer(f"Uploading {path.name}", size),
+            )
+            data[key] = asset_uri(digest)
+        return data
+
+    return prepare
+
+
+async def download_outputs(
+    node: Node, record: SkillRecord, output: Mapping[str, Any], folder: Path
+) -> dict[str, Path]:
+    """Download every top-level ``knarr-asset://`` value of a result into ``folder``."""
+    from knarr.node.sidecar import download_file, head_asset
+
+    refs = asset_refs(output)
+    if refs and not record.sidecar_port:
+        raise SidecarMissing("the result names assets but the provider has no sidecar")
+    folder.mkdir(parents=True, exist_ok=True)
+    saved: dict[str, Path] = {}
+    for key, digest in refs.items():
+        size = await head_asset(record.host, record.sidecar_port, digest, node.identity) or 0
+        saved[key] = await download_file(
+            record.host, record.sidecar_port, digest, node.identity, folder / digest,
+            progress=progress_printer(f"Downloading {key}", size),
+        )
+    return saved
+
+
 def _print_fields(output: Mapping[str, Any], indent: str = "  ") -> None:
     for key, value in output.items():
         shown = value if isinstance(value, str) else json.dumps(value)
@@ -125,9 +212,15 @@ def _print_fields(output: Mapping[str, Any], indent: str = "  ") -> None:
 
 async def run_request(args: argparse.Namespace) -> int:
     data = parse_input(args.input)
+    files = input_files(data)
+    saved: dict[str, Path] = {}
     try:
         async with client_node(args) as node:
-            record, output = await node.request_detailed(args.skill, data, timeout=args.timeout)
+            record, output = await node.request_detailed(
+                args.skill, data, timeout=args.timeout, prepare=uploader(node, files)
+            )
+            if args.output_dir:
+                saved = await download_outputs(node, record, output, Path(args.output_dir))
     except (SkillNotFound, KnarrError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -142,9 +235,12 @@ async def run_request(args: argparse.Namespace) -> int:
         print(json.dumps({
             "status": "completed", "skill": args.skill,
             "provider": record.provider_id.hex(), "output": output,
+            "downloaded": {k: str(v) for k, v in saved.items()},
         }, indent=2))
     else:
         print("Status: completed")
         print("Output:")
         _print_fields(output)
+        for key, path in saved.items():
+            print(f"Saved {key}: {path}")
     return 0

@@ -7,11 +7,27 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from knarr import __version__
 from knarr.errors import KnarrError
 
+if TYPE_CHECKING:
+    from knarr.node.sidecar import download_asset, upload_asset
+
 log = logging.getLogger("knarr.cli")
+
+__all__ = ["download_asset", "main", "upload_asset"]
+
+
+def __getattr__(name: str) -> object:
+    # ``from knarr.cli.main import upload_asset, download_asset`` (the product's import
+    # path) without importing aiohttp on every start of the command.
+    if name in ("upload_asset", "download_asset"):
+        from knarr.node import sidecar
+
+        return getattr(sidecar, name)
+    raise AttributeError(name)
 
 
 def build_parser() -> argparse.ArgumentParser:

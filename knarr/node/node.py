@@ -11,10 +11,11 @@ import ipaddress
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knarr.config import parse_hostport
 from knarr.errors import (
@@ -27,13 +28,17 @@ from knarr.errors import (
     SkillNotFound,
     TaskRefused,
 )
+
+if TYPE_CHECKING:
+    from knarr.node.sidecar import Sidecar
+from knarr.node.assets import AssetError, AssetStore, TaskContext, asset_refs
 from knarr.node.contact import Contact, pack_ip
 from knarr.node.dht import Dht, DhtSettings
 from knarr.node.identity import Identity
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
 from knarr.node.store import Store
-from knarr.node.taskchannel import Sealer, SkillPolicy, TaskClient, TaskServer
-from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes
+from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
+from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes, TaskRefusal
 from knarr.node.transport import Addr, DatagramNetwork
 
 log = logging.getLogger("knarr.node")
@@ -83,7 +88,9 @@ class Node:
         *,
         storage: str | os.PathLike[str] = ":memory:",
         advertise_host: str | None = None,
-        sidecar_port: int = 0,
+        sidecar_port: int | None = None,
+        asset_dir: str | os.PathLike[str] | None = None,
+        max_asset_size: int = 104_857_600,
         settings: DhtSettings | None = None,
         network: DatagramNetwork | None = None,
         clock: Callable[[], float] = time.time,
@@ -94,7 +101,13 @@ class Node:
         self.host = host
         self.port = port
         self.advertise_host = advertise_host
-        self.sidecar_port = sidecar_port
+        self._sidecar_wanted = sidecar_port
+        self.sidecar_port = 0
+        self.assets: AssetStore | None = None
+        if sidecar_port is not None:
+            folder = asset_dir or tempfile.mkdtemp(prefix="knarr-assets-")
+            self.assets = AssetStore(folder, max_size=max_asset_size)
+        self.sidecar: Sidecar | None = None  # started with the node when assets are on
         self.clock = clock
         self.store = Store(storage)
         self.identity = identity or Identity.load_or_create(self.store)
@@ -105,7 +118,7 @@ class Node:
         self._policies: dict[str, SkillPolicy] = {}
         sealer = Sealer(self.identity, Boxes(self.identity), self.dht.replay, clock, entropy)
         self.tasks = TaskServer(
-            sealer, policy=self._policies.get, run=self.call_local,
+            sealer, policy=self._policies.get, run=self._run_remote,
             max_task_timeout=max_task_timeout, max_frame=self._max_frame,
         )
         self.client = TaskClient(sealer)
@@ -138,6 +151,12 @@ class Node:
         if self._started:
             return
         bound = await self._bind_both()
+        if self.assets is not None:
+            from knarr.node.sidecar import Sidecar  # aiohttp only when assets are used
+
+            self.sidecar = Sidecar(self.identity, self.assets, clock=self.clock)
+            assert self._sidecar_wanted is not None
+            self.sidecar_port = await self.sidecar.start(self.host, self._sidecar_wanted)
         self._started = True
         log.info("node %s listening on %s:%d", self.node_id[:16], *bound)
         saved = self._saved_peers()
@@ -213,6 +232,8 @@ class Node:
         self._started = False
         await self.tasks.stop(grace=grace)
         await self.client.close()
+        if self.sidecar is not None:
+            await self.sidecar.stop()
         if self._maintenance is not None:
             self._maintenance.cancel()
             try:
@@ -270,13 +291,45 @@ class Node:
 
     async def call_local(self, name: str, data: Mapping[str, Any]) -> Any:
         """Call a registered skill directly: no network, no signing, no policy checks."""
+        return await self._invoke(name, data, TaskContext(self.assets, skill=name))
+
+    async def _invoke(self, name: str, data: Mapping[str, Any], ctx: TaskContext) -> Any:
         skill = self._skills.get(name)
         if skill is None:
             raise SkillNotFound(f"no skill named {name!r} is registered on this node")
-        result = skill.handler(data, None) if skill.wants_context else skill.handler(data)
+        result = skill.handler(data, ctx) if skill.wants_context else skill.handler(data)
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    async def _run_remote(self, call: TaskCall) -> Any:
+        """A remote task: resolve ``knarr-asset://`` inputs to local files, then run."""
+        data = dict(call.data)
+        try:
+            refs = asset_refs(data)
+        except AssetError as exc:
+            raise TaskRefusal("invalid_input", str(exc)) from exc
+        if refs and self.assets is None:
+            raise TaskRefusal("invalid_input", "this provider has no sidecar for assets")
+        for key, digest in refs.items():
+            assert self.assets is not None
+            if not self.assets.has(digest):
+                from knarr.node.sidecar import download_to
+
+                if not call.requester_sidecar:
+                    raise TaskRefusal("invalid_input", f"asset {digest[:16]}… is not here")
+                try:
+                    await download_to(
+                        call.peer_host, call.requester_sidecar, digest, self.identity,
+                        self.assets,
+                    )
+                except (KnarrError, OSError) as exc:
+                    raise TaskRefusal(
+                        "invalid_input", f"asset {digest[:16]}… could not be fetched: {exc}"
+                    ) from exc
+            data[key] = str(self.assets.path(digest))
+        ctx = TaskContext(self.assets, skill=call.skill, requester=call.requester.hex())
+        return await self._invoke(call.skill, data, ctx)
 
     async def announce(self, sheet: Mapping[str, Any]) -> SkillRecord:
         """Sign a skill record from ``sheet`` and publish it (unless it is private)."""
@@ -352,9 +405,15 @@ class Node:
         return output
 
     async def request_detailed(
-        self, skill: str, data: Mapping[str, Any], *, timeout: float = 30.0
+        self,
+        skill: str,
+        data: Mapping[str, Any],
+        *,
+        timeout: float = 30.0,
+        prepare: Callable[[SkillRecord, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
     ) -> tuple[SkillRecord, dict[str, Any]]:
-        """:meth:`request`, also saying which provider's record answered."""
+        """:meth:`request`, also saying which provider's record answered. ``prepare``
+        adapts the input to each provider tried (e.g. uploads files to its sidecar)."""
         self._check_started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -367,8 +426,10 @@ class Node:
             if remaining <= 0:
                 break
             try:
+                sent = await prepare(record, dict(data)) if prepare else data
                 output = await self.client.call(
-                    record.host, record.port, record.public_key, skill, data, timeout=remaining
+                    record.host, record.port, record.public_key, skill, sent,
+                    timeout=remaining, sidecar=self.sidecar_port,
                 )
                 return record, output
             except TaskRefused as exc:

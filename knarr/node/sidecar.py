@@ -15,13 +15,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import nacl.signing
 from aiohttp import web
 
-from knarr.errors import KnarrError, NetworkError, RemoteProtocolError
+from knarr.errors import NetworkError, RemoteProtocolError
 from knarr.node import wire
 from knarr.node.assets import (
     CHUNK,
@@ -303,6 +302,40 @@ async def download_to(
     return store.path(digest)
 
 
+async def download_file(
+    host: str, port: int, digest: str, key: Identity | nacl.signing.SigningKey,
+    dest: Path, *, progress: Progress | None = None, timeout: float | None = None,
+) -> Path:
+    """Stream an asset to ``dest`` (via ``dest.part``), verifying its hash first."""
+    check_hash(digest)
+    path = f"/assets/{digest}"
+    partial = dest.with_name(dest.name + ".part")
+    hasher = hashlib.sha256()
+    received = 0
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(
+                _url(host, port, path), headers=sign_headers(key, "GET", path, EMPTY_HASH)
+            ) as response:
+                await _raise_for(response, f"download of {digest[:16]}… refused")
+                total = response.content_length or 0
+                with partial.open("wb") as f:
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        hasher.update(chunk)
+                        f.write(chunk)
+                        received += len(chunk)
+                        if progress is not None:
+                            progress(received, total)
+        if hasher.hexdigest() != digest:
+            raise SidecarError(f"downloaded bytes do not match asset {digest[:16]}…")
+        os.replace(partial, dest)
+    except aiohttp.ClientError as exc:
+        raise SidecarError(f"cannot download from {host}:{port}: {exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
 async def download_asset(
     host: str, port: int, digest: str, signing_key: Identity | nacl.signing.SigningKey
 ) -> bytes:
@@ -347,17 +380,13 @@ async def delete_asset(
 
 
 __all__ = [
-    "KnarrError",
     "Sidecar",
     "SidecarError",
     "delete_asset",
     "download_asset",
+    "download_file",
     "download_to",
     "head_asset",
     "upload_asset",
     "upload_file",
 ]
-
-
-def _unused(*_: Any) -> None:  # pragma: no cover
-    pass

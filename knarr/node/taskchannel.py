@@ -30,6 +30,7 @@ from knarr.node.tasks import (
     ENVELOPE_SLACK,
     FRAME_HEADER,
     Boxes,
+    TaskRefusal,
     TaskRequest,
     TaskResult,
     error_payload,
@@ -56,14 +57,22 @@ class SkillPolicy:
     price: float = 1.0
 
 
-Runner = Callable[[str, dict[str, Any]], Awaitable[Any]]
+@dataclass(frozen=True)
+class TaskCall:
+    """One remote task as the provider's runner sees it."""
+
+    skill: str
+    data: dict[str, Any]
+    requester: bytes
+    """The requester's public key."""
+    peer_host: str
+    """The address the request came from."""
+    requester_sidecar: int = 0
+    """The requester's sidecar port, for fetching its assets (0: none)."""
+
+
+Runner = Callable[[TaskCall], Awaitable[Any]]
 PolicyLookup = Callable[[str], SkillPolicy | None]
-
-
-class _Refusal(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -174,9 +183,9 @@ class TaskServer:
         self, env: wire.Envelope, request: TaskRequest, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            payload = ok_payload(await self._execute(env, request))
+            payload = ok_payload(await self._execute(env, request, writer))
             self.completed += 1
-        except _Refusal as refusal:
+        except TaskRefusal as refusal:
             if refusal.code in ("handler_error", "timeout", "bad_output"):
                 self.failed += 1
             else:
@@ -184,17 +193,24 @@ class TaskServer:
             payload = error_payload(refusal.code, str(refusal))
         self._reply(env, payload, writer)
 
-    async def _execute(self, env: wire.Envelope, request: TaskRequest) -> Mapping[str, Any]:
+    @staticmethod
+    def _peer_host(writer: asyncio.StreamWriter) -> str:
+        peer = writer.get_extra_info("peername")
+        return str(peer[0]) if peer else ""
+
+    async def _execute(
+        self, env: wire.Envelope, request: TaskRequest, writer: asyncio.StreamWriter
+    ) -> Mapping[str, Any]:
         if self._draining:
-            raise _Refusal("shutting_down", "the provider is shutting down; try another")
+            raise TaskRefusal("shutting_down", "the provider is shutting down; try another")
         policy = self._policy(request.skill)
         if policy is None or policy.visibility == "private":
-            raise _Refusal("not_found", f"skill {request.skill!r} is not served here")
+            raise TaskRefusal("not_found", f"skill {request.skill!r} is not served here")
         requester = env.sender_id.hex()
         if policy.visibility == "whitelist" and requester not in policy.allowed_nodes:
-            raise _Refusal("forbidden", f"node {requester[:16]}… may not call {request.skill!r}")
+            raise TaskRefusal("forbidden", f"node {requester[:16]}… may not call {request.skill!r}")
         if plaintext_size(request.box) > policy.max_input_size + 16:
-            raise _Refusal(
+            raise TaskRefusal(
                 "input_too_large",
                 f"input is over the limit of {policy.max_input_size} bytes for {request.skill!r}",
             )
@@ -203,30 +219,37 @@ class TaskServer:
                 env.public_key, request.box, max_size=policy.max_input_size + 16
             )
         except RemoteProtocolError as exc:
-            raise _Refusal("invalid_input", f"input cannot be read: {exc}") from exc
+            raise TaskRefusal("invalid_input", f"input cannot be read: {exc}") from exc
         data = sealed.get("input") if isinstance(sealed, dict) else None
         problem = schema_problem(policy.input_schema, data)
         if problem:
-            raise _Refusal("invalid_input", problem)
+            raise TaskRefusal("invalid_input", problem)
         assert isinstance(data, dict)
         limits = [t for t in (self.max_task_timeout, request.timeout_ms / 1000) if t > 0]
         timeout = min(limits) if limits else None
         try:
             async with asyncio.timeout(timeout):
-                output = await self._run(request.skill, data)
+                call = TaskCall(
+                    request.skill, data, env.public_key, self._peer_host(writer),
+                    request.sidecar,
+                )
+                output = await self._run(call)
         except TimeoutError as exc:
             message = f"{request.skill!r} ran past its {timeout:g} s limit"
-            raise _Refusal("timeout", message) from exc
+            raise TaskRefusal("timeout", message) from exc
         except asyncio.CancelledError:
             if self._draining:
-                raise _Refusal("shutting_down", "the provider stopped before finishing") from None
+                message = "the provider stopped before finishing"
+                raise TaskRefusal("shutting_down", message) from None
+            raise
+        except TaskRefusal:
             raise
         except Exception as exc:
             log.warning("skill %s failed: %s: %s", request.skill, type(exc).__name__, exc)
             log.debug("handler traceback", exc_info=True)
-            raise _Refusal("handler_error", f"{type(exc).__name__}: {exc}") from exc
+            raise TaskRefusal("handler_error", f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(output, Mapping):
-            raise _Refusal("bad_output", f"handler returned {type(output).__name__}, not a dict")
+            raise TaskRefusal("bad_output", f"handler returned {type(output).__name__}, not a dict")
         return output
 
     def _reply(self, env: wire.Envelope, payload: dict[str, Any], writer: Any) -> None:
@@ -324,14 +347,17 @@ class TaskClient:
         data: Mapping[str, Any],
         *,
         timeout: float = 30.0,
+        sidecar: int = 0,
     ) -> dict[str, Any]:
-        """Run ``skill`` at the provider; its output, or the :class:`TaskError` it sent."""
+        """Run ``skill`` at the provider; its output, or the :class:`TaskError` it sent.
+        ``sidecar`` is our own sidecar port, where the provider may fetch our assets."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = await self._connection(host, port, public_key, timeout)
         crypto = self._crypto
         box = crypto.boxes.seal(public_key, {"input": dict(data)}, crypto.entropy(24))
-        request = TaskRequest(skill, box, int(timeout * 1000) if math.isfinite(timeout) else 0)
+        timeout_ms = int(timeout * 1000) if math.isfinite(timeout) else 0
+        request = TaskRequest(skill, box, timeout_ms, sidecar)
         nonce, frame_bytes = crypto.seal(request, len(box) + ENVELOPE_SLACK)
         future: asyncio.Future[wire.Envelope] = loop.create_future()
         conn.pending[nonce] = future

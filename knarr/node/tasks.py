@@ -38,21 +38,33 @@ ENVELOPE_SLACK = 1024  # envelope header, signature, body keys around the box
 MAX_SKILL_NAME = 64
 
 
+class TaskRefusal(Exception):
+    """Raised on the provider's side to answer a task with an error ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRequest(Request):
-    """Run ``skill`` on the sealed input; give up after ``timeout_ms`` (0: provider's limit)."""
+    """Run ``skill`` on the sealed input; give up after ``timeout_ms`` (0: provider's limit).
+    ``sidecar`` is the requester's sidecar port, where its assets can be fetched."""
 
     TYPE = MsgType.TASK_REQUEST
-    FIELDS = frozenset({"skill", "box", "timeout"})
+    FIELDS = frozenset({"skill", "box", "timeout", "side"})
     skill: str
     box: bytes
     timeout_ms: int = 0
+    sidecar: int = 0
     ro: bool = False
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"skill": self.skill, "box": self.box}
         if self.timeout_ms:
             body["timeout"] = self.timeout_ms
+        if self.sidecar:
+            body["side"] = self.sidecar
         return body
 
     @classmethod
@@ -61,7 +73,10 @@ class TaskRequest(Request):
         skill = _text(body, "skill", MAX_SKILL_NAME)
         if not skill:
             raise MistypedMessage("field 'skill' is required")
-        return cls(skill, _bytes(body, "box"), _uint(body, "timeout", 0))
+        sidecar = _uint(body, "side", 0)
+        if sidecar > 65535:
+            raise MistypedMessage("field 'side' must be a port")
+        return cls(skill, _bytes(body, "box"), _uint(body, "timeout", 0), sidecar)
 
 
 @dataclass(frozen=True, slots=True)
