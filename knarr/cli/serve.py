@@ -117,9 +117,12 @@ async def run(args: argparse.Namespace) -> int:
         rate_limit=net_cfg.rate_limit,
         rate_burst=net_cfg.rate_burst,
     )
+    sidecar = node_cfg.effective_sidecar_port
     node = Node(
         node_cfg.host, node_cfg.port, storage=storage, advertise_host=advertise,
         settings=settings, max_task_timeout=node_cfg.max_task_timeout,
+        sidecar_port=sidecar or None, asset_dir=config.sidecar.asset_dir,
+        max_asset_size=node_cfg.max_asset_size,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,6 +132,9 @@ async def run(args: argparse.Namespace) -> int:
         await node.start()
         print(f"Node ID: {node.node_id}")
         print(f"Listening: {node_cfg.host}:{node.port}")
+        if node.sidecar_port and node.assets is not None:
+            where = f"{node_cfg.host}:{node.sidecar_port}"
+            print(f"Sidecar: {where} (assets in {node.assets.directory})")
         label = "Advertise" if node_cfg.advertise_host else "Auto-detected advertise"
         print(f"{label} address: {advertise}")
         if not node_cfg.advertise_host:

@@ -176,7 +176,7 @@ def test_request_json_output(provider: Provider) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result == {"status": "completed", "skill": "echo", "provider": provider.node_id,
-                      "output": {"text": "hi"}}
+                      "output": {"text": "hi"}, "downloaded": {}}
 
 
 @pytest.mark.parametrize(
