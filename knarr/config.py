@@ -38,6 +38,7 @@ __all__ = [
     "SKILL_NAME_RE",
     "VISIBILITIES",
     "Config",
+    "EconomyConfig",
     "NetworkConfig",
     "NodeConfig",
     "SidecarConfig",
@@ -141,6 +142,19 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EconomyConfig:
+    """``[economy]`` (Knarr-specific): how much credit this node extends to requesters."""
+
+    credit_limit: float = 100.0
+    """Most a requester may owe this node before new tasks are refused."""
+    credit: Mapping[str, float] = field(default_factory=dict)
+    """Per-peer limits, node id → credits, overriding ``credit_limit``."""
+
+    def limit_for(self, node_id: str) -> float:
+        return self.credit.get(node_id, self.credit_limit)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SidecarConfig:
     """``[sidecar]``: the HTTP asset store."""
 
@@ -195,6 +209,7 @@ class Config:
     """Skill name → skill, in file order."""
     bridges: Mapping[str, float] = field(default_factory=dict)
     """MCP server command → call timeout in seconds."""
+    economy: EconomyConfig = field(default_factory=EconomyConfig)
     path: Path | None = None
     """The file this came from, as given; ``None`` when not read from a file."""
     base_dir: Path = field(default_factory=Path.cwd)
@@ -257,6 +272,7 @@ def parse_config(
         sidecar=_parse_sidecar(reader, data, base),
         skills=_parse_skills(reader, data),
         bridges=_parse_bridges(reader, data),
+        economy=_parse_economy(reader, data),
         path=None,
         base_dir=base,
         source=source,
@@ -320,11 +336,12 @@ def _field_names(cls: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-_SECTIONS: Final = ("node", "network", "sidecar", "skills", "bridges")
+_SECTIONS: Final = ("node", "network", "sidecar", "skills", "bridges", "economy")
 _SECTION_CLASSES: Final[Mapping[str, type[Any]]] = {
     "node": NodeConfig,
     "network": NetworkConfig,
     "sidecar": SidecarConfig,
+    "economy": EconomyConfig,
 }
 _SKILL_KEYS: Final = tuple(n for n in _field_names(SkillConfig) if n != "name")
 
@@ -498,6 +515,23 @@ def _node_ids(r: _Reader, value: object, key: str) -> tuple[str, ...]:
                 f"expected a node id of 64 hex characters, got {_quote(node_id)}",
             )
     return tuple(node_id.lower() for node_id in ids)
+
+
+def _parse_economy(r: _Reader, data: Mapping[str, Any]) -> EconomyConfig:
+    t = r.section(data, "economy")
+    kw: dict[str, Any] = {}
+    if "credit_limit" in t:
+        kw["credit_limit"] = r.number(t["credit_limit"], "economy.credit_limit", 0.0)
+    if "credit" in t:
+        table = r.table(t["credit"], "economy.credit")
+        limits: dict[str, float] = {}
+        for node_id, value in table.items():
+            key = f"economy.credit.{node_id}"
+            if not _NODE_ID_RE.fullmatch(node_id):
+                r.fail(key, f"expected a node id of 64 hex characters, got {_quote(node_id)}")
+            limits[node_id.lower()] = r.number(value, key, 0.0)
+        kw["credit"] = limits
+    return EconomyConfig(**kw)
 
 
 def _parse_bridges(r: _Reader, data: Mapping[str, Any]) -> dict[str, float]:

@@ -128,6 +128,9 @@ class TaskError(SkillError):
     """A remote task did not complete. ``code`` is the wire error code."""
 
     code = "task_error"
+    receipt: object | None = None
+    """The provider's verified receipt (``knarr.node.economy.Receipt``), when the
+    handler ran and failed or timed out."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 from knarr.errors import (
     BootstrapFailed,
@@ -26,8 +26,8 @@ from knarr.errors import (
     RemoteProtocolError,
     RequestTimeout,
 )
-from knarr.node import wire
-from knarr.node.contact import Contact, is_loopback, pack_ip
+from knarr.node import cbor, wire
+from knarr.node.contact import ID_SIZE, Contact, is_loopback, pack_ip
 from knarr.node.identity import Identity
 from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.ratelimit import RateLimiter
@@ -62,6 +62,41 @@ _EXPECTED_REPLIES: dict[type[Message], tuple[type[Reply], ...]] = {
 AMPLIFICATION = 3  # a reply to an unproven address is at most this many times the request
 VALUE_PAD = 320  # request padding that makes room for a full-size reply from anyone
 _REPLY_BUDGET = wire.MAX_DATAGRAM
+
+
+@lru_cache(maxsize=64)
+def _encoded_size(kind: str, ipv6: bool = False, port: int = 0) -> int:
+    """Bytes that one contact, or an empty reply, takes on the wire (from the codec)."""
+    if kind == "contact":
+        host = "::1" if ipv6 else "0.0.0.0"
+        return len(cbor.encode(Contact(bytes(ID_SIZE), host, port).to_wire()))
+    empty = Nodes(bytes(wire.NONCE_SIZE), ()) if kind == "nodes" else Value(
+        bytes(wire.NONCE_SIZE), (), True
+    )
+    return wire.OVERHEAD + len(cbor.encode(empty.to_body()))
+
+
+def _port_class(port: int) -> int:
+    """A representative port with the same encoded size as ``port``."""
+    return 1 if port < 24 else 24 if port < 256 else 256
+
+
+def _fit(reply: Reply, budget: int) -> Reply:
+    """Cut a NODES or VALUE reply to what fits in ``budget`` bytes, by arithmetic on the
+    encoded sizes, so that it is signed once (signing is the expensive part)."""
+    if isinstance(reply, Nodes):
+        size = _encoded_size("nodes")
+        for count, c in enumerate(reply.nodes):
+            size += _encoded_size("contact", ":" in c.host, _port_class(c.port))
+            if size > budget:
+                return Nodes(reply.re, reply.nodes[:count])
+    elif isinstance(reply, Value) and len(reply.records) > 1:
+        size = _encoded_size("value")
+        for count, raw in enumerate(reply.records):
+            size += len(raw) + 3  # a byte string's head is at most 3 bytes here
+            if size > budget and count:
+                return Value(reply.re, reply.records[:count], True)
+    return reply
 
 
 @dataclass
@@ -101,6 +136,7 @@ class LookupResult:
     records: list[SkillRecord]
     hops: int
     queries: int
+    messages: int = 0  # datagrams this lookup sent and received (requests and replies)
 
 
 @dataclass
@@ -146,9 +182,10 @@ class Dht:
         self.stats = DhtStats()
         self.endpoint: DatagramEndpoint | None = None
         self._pending: dict[bytes, _Pending] = {}
+        self._late: OrderedDict[bytes, _Pending] = OrderedDict()
         self._proven: OrderedDict[Addr, None] = OrderedDict()
         self._probing: set[bytes] = set()
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: dict[asyncio.Task[object], None] = {}  # ordered: close() is repeatable
         self._closed = False
         self._published: dict[str, _Publication] = {}
         self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
@@ -186,8 +223,11 @@ class Dht:
             coro.close()  # type: ignore[attr-defined]
             return
         task: asyncio.Task[object] = asyncio.ensure_future(coro)  # type: ignore[call-overload]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[object]) -> None:
+        self._tasks.pop(task, None)
 
     @property
     def now_ms(self) -> int:
@@ -226,7 +266,15 @@ class Dht:
 
     def _expire(self, nonce: bytes) -> None:
         pending = self._pending.pop(nonce, None)
-        if pending is not None and not pending.future.done():
+        if pending is None:
+            return
+        # Back off (RFC 6298 5.5), and keep listening: a reply that comes late is still
+        # proof of life and, since every request has its own nonce, a true RTT sample.
+        self.rtt.backoff(pending.addr)
+        self._late[nonce] = pending
+        while len(self._late) > 4096:
+            self._late.popitem(last=False)
+        if not pending.future.done():
             self.stats.timeouts += 1
             pending.future.set_exception(RequestTimeout(f"no reply from {pending.addr}"))
 
@@ -274,14 +322,15 @@ class Dht:
                 log.exception("error handling %s from %s", type(message).__name__, addr)
 
     def _on_reply(self, env: Envelope, message: Reply, addr: Addr, loop_now: float) -> None:
-        pending = self._pending.get(message.re)
+        pending = self._pending.get(message.re) or self._late.get(message.re)
         if pending is None or pending.addr != addr:
-            return  # unsolicited, late, or from an address we did not ask
+            return  # unsolicited, or from an address we did not ask
         if pending.expect is not None and env.sender_id != pending.expect:
             return
         if not isinstance(message, pending.kinds):
             return
-        del self._pending[message.re]
+        self._pending.pop(message.re, None)
+        self._late.pop(message.re, None)
         if pending.timer:
             pending.timer.cancel()
         self.rtt.observe(addr, loop_now - pending.sent_at)
@@ -342,6 +391,10 @@ class Dht:
         return Value(nonce, tuple(page), more)
 
     def _reply(self, reply: Reply, addr: Addr, budget: int) -> None:
+        fitted = _fit(reply, budget)
+        if fitted is not reply:
+            self.stats.truncated_replies += 1
+            reply = fitted
         _, data = self._seal(reply)
         while len(data) > budget:
             # Shrink towards the budget: fewer contacts or records, never a fragment.
@@ -483,6 +536,7 @@ class Dht:
                     found[record.slot] = record
         done: asyncio.Future[None] = loop.create_future()
         pages: set[asyncio.Future[Envelope]] = set()
+        messages = 0
 
         def message(offset: int = 0) -> Request:
             # Value replies must fit a whole record even from a node that has not yet
@@ -511,13 +565,17 @@ class Dht:
         def fetch_page(contact: Contact, offset: int) -> None:
             if offset > self.records.max_per_key:
                 return
+            nonlocal messages
+            messages += 1
             fut = self.request(contact.addr, message(offset), expect=contact.node_id)
             pages.add(fut)
             fut.add_done_callback(partial(on_page, contact, offset))
 
         def on_page(contact: Contact, offset: int, fut: asyncio.Future[Envelope]) -> None:
+            nonlocal messages
             pages.discard(fut)
             if not fut.cancelled() and fut.exception() is None:
+                messages += 1
                 reply = fut.result().message
                 if isinstance(reply, Value):
                     take_records(reply)
@@ -526,8 +584,10 @@ class Dht:
             check()
 
         def launch(contacts: list[Contact]) -> None:
+            nonlocal messages
             if done.done():
                 return
+            messages += len(contacts)
             for contact in contacts:
                 fut = self.request(contact.addr, message(), expect=contact.node_id)
                 stall = loop.call_later(self.rtt.stall(contact.addr), on_stall, contact, fut)
@@ -541,6 +601,7 @@ class Dht:
         def on_done(
             contact: Contact, stall: asyncio.TimerHandle, fut: asyncio.Future[Envelope]
         ) -> None:
+            nonlocal messages
             stall.cancel()
             error = None if fut.cancelled() else fut.exception()
             if fut.cancelled() or error is not None:
@@ -549,6 +610,7 @@ class Dht:
                 launch(machine.on_failure(contact.node_id))
                 check()
                 return
+            messages += 1
             reply = fut.result().message
             if isinstance(reply, Error):  # refused: the same as no answer for the lookup
                 launch(machine.on_failure(contact.node_id))
@@ -574,6 +636,7 @@ class Dht:
             sorted(found.values(), key=lambda r: r.slot),
             machine.hops,
             machine.queries,
+            messages,
         )
 
     async def store(self, record: SkillRecord) -> int:

@@ -10,6 +10,7 @@ counts if it arrives before the lookup ends.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -31,6 +32,10 @@ class _Candidate:
     distance: int
     hop: int
     state: State = State.NEW
+
+
+def _distance(c: _Candidate) -> int:
+    return c.distance
 
 
 class Lookup:
@@ -55,6 +60,7 @@ class Lookup:
         self._t = int.from_bytes(target, "big")
         self._own_id = own_id
         self._candidates: dict[bytes, _Candidate] = {}
+        self._order: list[_Candidate] = []  # every candidate, nearest first
         self._inflight = 0
         self.values_from: list[Contact] = []
         self.value_hops: list[int] = []
@@ -66,17 +72,20 @@ class Lookup:
         node_id = contact.node_id
         if node_id == self._own_id or node_id in self._candidates:
             return
-        d = int.from_bytes(node_id, "big") ^ self._t
-        self._candidates[node_id] = _Candidate(contact, d, hop)
+        candidate = _Candidate(contact, int.from_bytes(node_id, "big") ^ self._t, hop)
+        self._candidates[node_id] = candidate
+        insort(self._order, candidate, key=_distance)
 
     def _shortlist(self) -> list[_Candidate]:
-        live = [
-            c
-            for c in self._candidates.values()
-            if c.state is not State.FAILED and c.state is not State.STALLED
-        ]
-        live.sort(key=lambda c: c.distance)
-        return live[: self.k]
+        """The k nearest candidates that have neither failed nor stalled."""
+        out: list[_Candidate] = []
+        k = self.k
+        for c in self._order:
+            if c.state is not State.FAILED and c.state is not State.STALLED:
+                out.append(c)
+                if len(out) >= k:
+                    break
+        return out
 
     @property
     def finished(self) -> bool:
@@ -145,9 +154,8 @@ class Lookup:
 
     def closest(self, count: int | None = None) -> list[Contact]:
         """The nearest contacts that answered, nearest first."""
-        done = [c for c in self._candidates.values() if c.state is State.RESPONDED]
-        done.sort(key=lambda c: c.distance)
-        return [c.contact for c in done[: count or self.k]]
+        done = [c.contact for c in self._order if c.state is State.RESPONDED]
+        return done[: self.k if count is None else count]
 
     @property
     def hops(self) -> int:
@@ -197,6 +205,14 @@ class RttEstimator:
             self._all = self._update(self._all, sample)
         else:
             self._all, self._seeded = (sample, sample / 2), True
+        if len(self._peers) > self.capacity:
+            self._peers.pop(next(iter(self._peers)))
+
+    def backoff(self, peer: Hashable) -> None:
+        """A request timed out: wait longer next time (the timeout roughly doubles)
+        until a reply brings a real sample."""
+        srtt, rttvar = self._est(peer)
+        self._peers[peer] = (srtt, min(self.max_timeout, max(2 * rttvar, srtt / 2)))
         if len(self._peers) > self.capacity:
             self._peers.pop(next(iter(self._peers)))
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from knarr.config import parse_hostport
+from knarr.config import EconomyConfig, parse_hostport
 from knarr.errors import (
     BootstrapFailed,
     ConfigError,
@@ -25,8 +25,10 @@ from knarr.errors import (
     LocalProtocolError,
     NetworkError,
     RemoteProtocolError,
+    RequestTimeout,
     SkillNotFound,
-    TaskRefused,
+    TaskError,
+    TaskTimedOut,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +36,9 @@ if TYPE_CHECKING:
 from knarr.node.assets import AssetError, AssetStore, TaskContext, asset_refs
 from knarr.node.contact import Contact, pack_ip
 from knarr.node.dht import Dht, DhtSettings
+from knarr.node.economy import Receipt, rank, to_micro
 from knarr.node.identity import Identity
+from knarr.node.ledger import CreditBooks, Ledger
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
 from knarr.node.store import Store
 from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
@@ -42,6 +46,11 @@ from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes, TaskRefusal
 from knarr.node.transport import Addr, DatagramNetwork
 
 log = logging.getLogger("knarr.node")
+
+MIN_FRAME_INPUT = 2**20  # input bytes a task frame may carry, whatever the skills' limits
+
+# Refusals that say the caller's request was wrong, not that the provider is unreliable.
+CALLER_FAULTS = frozenset({"invalid_input", "input_too_large", "forbidden", "credit_limit"})
 
 Handler = Callable[..., Awaitable[Mapping[str, Any]] | Mapping[str, Any]]
 
@@ -97,6 +106,7 @@ class Node:
         entropy: Callable[[int], bytes] = os.urandom,
         identity: Identity | None = None,
         max_task_timeout: float = 3600.0,
+        economy: EconomyConfig | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -117,9 +127,11 @@ class Node:
         self._skills: dict[str, _Skill] = {}
         self._policies: dict[str, SkillPolicy] = {}
         sealer = Sealer(self.identity, Boxes(self.identity), self.dht.replay, clock, entropy)
+        self.ledger = Ledger(self.store, clock)
         self.tasks = TaskServer(
             sealer, policy=self._policies.get, run=self._run_remote,
             max_task_timeout=max_task_timeout, max_frame=self._max_frame,
+            accounting=CreditBooks(self.ledger, (economy or EconomyConfig()).limit_for),
         )
         self.client = TaskClient(sealer)
         self._maintenance: asyncio.Task[None] | None = None
@@ -188,8 +200,10 @@ class Node:
         raise AssertionError("unreachable")
 
     def _max_frame(self) -> int:
-        largest = max((p.max_input_size for p in self._policies.values()), default=65536)
-        return largest + BOX_OVERHEAD + ENVELOPE_SLACK + 64
+        largest = max((p.max_input_size for p in self._policies.values()), default=0)
+        # Read inputs well past a skill's limit so the sender hears "input_too_large"
+        # instead of losing the connection and every request multiplexed on it.
+        return max(largest, MIN_FRAME_INPUT) + BOX_OVERHEAD + ENVELOPE_SLACK + 64
 
     async def join(self, bootstrap: Iterable[str]) -> int:
         """Join the network through ``"host:port"`` peers. Returns the routing table size.
@@ -392,7 +406,9 @@ class Node:
             assert tag is not None
             key = tag_key(tag)
             result = await self.dht.lookup(key, want_value=True, accept=lambda r: tag in r.tags)
-        return result.records
+        if not result.records:
+            self.ledger.count_demand("skill" if name is not None else "tag", name or tag or "")
+        return rank(result.records, self.ledger.reputation(), key=lambda r: r.provider_id.hex())
 
 
 
@@ -425,19 +441,37 @@ class Node:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            provider = record.provider_id.hex()
+            started = loop.time()
             try:
                 sent = await prepare(record, dict(data)) if prepare else data
-                output = await self.client.call(
+                reply = await self.client.call(
                     record.host, record.port, record.public_key, skill, sent,
                     timeout=remaining, sidecar=self.sidecar_port,
+                    max_price=to_micro(record.price),
                 )
-                return record, output
-            except TaskRefused as exc:
+            except TaskError as exc:
+                if isinstance(exc.receipt, Receipt):
+                    self.ledger.record(exc.receipt, role="consumed")
+                if exc.code not in CALLER_FAULTS:
+                    kind = "timeout" if isinstance(exc, TaskTimedOut) else "failed"
+                    self.ledger.observe(provider, kind)
                 if exc.code in ("invalid_input", "input_too_large"):
                     raise  # the input is wrong; another provider would refuse it too
                 last = exc
-            except (NetworkError, RemoteProtocolError, KnarrError) as exc:
+            except RequestTimeout as exc:
+                self.ledger.observe(provider, "timeout")
                 last = exc
+            except (NetworkError, RemoteProtocolError) as exc:
+                self.ledger.observe(provider, "failed")
+                last = exc
+            except KnarrError as exc:  # e.g. a prepare() step that cannot use this provider
+                last = exc
+            else:
+                if reply.receipt is not None:
+                    self.ledger.record(reply.receipt, role="consumed")
+                self.ledger.observe(provider, "completed", (loop.time() - started) * 1000)
+                return record, reply.output
             log.info("provider %s failed for %s: %s", record.provider_id.hex()[:16], skill, last)
         raise last or NetworkError(f"{skill!r}: no time left to try a provider")
 

@@ -10,10 +10,9 @@ network expensive. Times are passed in.
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from knarr.node.contact import ID_BITS, Contact, subnet_of
@@ -36,6 +35,15 @@ class Entry:
     contact: Contact
     last_seen: float
     failures: int = 0
+    number: int = field(init=False, repr=False)  # the node id as an integer, for distances
+    subnet: str | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.number = int.from_bytes(self.contact.node_id, "big")
+        self.subnet = subnet_of(self.contact.host)
+
+
+_EMPTY: OrderedDict[bytes, Entry] = OrderedDict()
 
 
 class AddResult(Enum):
@@ -56,6 +64,7 @@ class RoutingTable:
         self._replacements: dict[int, OrderedDict[bytes, Entry]] = {}
         self._touched: dict[int, float] = {}
         self._size = 0
+        self._own_number = int.from_bytes(own_id, "big")
 
     def __len__(self) -> int:
         return self._size
@@ -74,7 +83,7 @@ class RoutingTable:
         subnet = subnet_of(host)
         if subnet is None:
             return False
-        return sum(1 for e in entries if subnet_of(e.contact.host) == subnet) >= self.subnet_limit
+        return sum(1 for e in entries if e.subnet == subnet) >= self.subnet_limit
 
     def add(self, contact: Contact, now: float) -> tuple[AddResult, Contact | None]:
         """Offer a contact that just answered us. Returns the outcome and, for
@@ -160,19 +169,45 @@ class RoutingTable:
     def closest(
         self, target: bytes, count: int | None = None, *, exclude: bytes | None = None
     ) -> list[Contact]:
-        """Up to ``count`` (default k) contacts nearest ``target``, nearest first."""
+        """Up to ``count`` (default k) contacts nearest ``target``, nearest first.
+
+        Buckets are visited in order of their distance to ``target``, so only the buckets
+        that can hold the answer are sorted: with the target in bucket ``top``, every
+        contact of bucket ``top`` is nearer than any other; then come all buckets below
+        ``top`` (their distances share the top bit), then buckets above ``top`` in order.
+        """
+        n = self.k if count is None else count
+        if n <= 0:
+            return []
         t = int.from_bytes(target, "big")
-        entries = (
-            e.contact
-            for bucket in self._buckets.values()
-            for e in bucket.values()
-            if e.contact.node_id != exclude
-        )
-        return heapq.nsmallest(
-            self.k if count is None else count,
-            entries,
-            key=lambda c: int.from_bytes(c.node_id, "big") ^ t,
-        )
+        top = (self._own_number ^ t).bit_length() - 1
+        buckets = self._buckets
+        out: list[Contact] = []
+
+        def take(entries: list[Entry]) -> bool:
+            entries.sort(key=lambda e: e.number ^ t)
+            out.extend(e.contact for e in entries[: n - len(out)])
+            return len(out) >= n
+
+        def group(indices: Iterable[int]) -> list[Entry]:
+            return [
+                e
+                for i in indices
+                for e in buckets.get(i, _EMPTY).values()
+                if e.contact.node_id != exclude
+            ]
+
+        if top < 0:  # the target is our own id: nearer buckets first
+            for i in sorted(buckets):
+                if take(group((i,))):
+                    return out
+            return out
+        if take(group((top,))) or take(group(i for i in buckets if i < top)):
+            return out
+        for i in sorted(i for i in buckets if i > top):
+            if take(group((i,))):
+                break
+        return out
 
     def contacts(self) -> Iterator[Entry]:
         for bucket in self._buckets.values():

@@ -35,6 +35,58 @@ MIGRATIONS: tuple[str, ...] = (
         record BLOB NOT NULL
     );
     """,
+    # 2: the economy: receipts, double-entry ledger, settlements, reputation, demand.
+    """
+    CREATE TABLE receipts (
+        id         TEXT PRIMARY KEY,
+        role       TEXT NOT NULL CHECK (role IN ('provided', 'consumed')),
+        peer       TEXT NOT NULL,
+        skill      TEXT NOT NULL,
+        price      INTEGER NOT NULL,
+        charged    INTEGER NOT NULL,
+        outcome    TEXT NOT NULL,
+        duration   INTEGER NOT NULL,
+        created    REAL NOT NULL,
+        settlement TEXT,
+        raw        BLOB NOT NULL
+    );
+    CREATE INDEX receipts_peer ON receipts(peer, settlement);
+    CREATE TABLE ledger (
+        txn     TEXT NOT NULL,
+        account TEXT NOT NULL,
+        amount  INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX ledger_account ON ledger(account);
+    CREATE INDEX ledger_txn ON ledger(txn);
+    CREATE TABLE settlements (
+        id        TEXT PRIMARY KEY,
+        peer      TEXT NOT NULL,
+        amount    INTEGER NOT NULL,
+        receipts  BLOB NOT NULL,
+        count     INTEGER NOT NULL,
+        statement BLOB NOT NULL,
+        our_sig   BLOB NOT NULL,
+        their_sig BLOB NOT NULL,
+        created   REAL NOT NULL
+    );
+    CREATE TABLE reputation (
+        provider  TEXT PRIMARY KEY,
+        successes INTEGER NOT NULL DEFAULT 0,
+        failures  INTEGER NOT NULL DEFAULT 0,
+        timeouts  INTEGER NOT NULL DEFAULT 0,
+        latency   REAL NOT NULL DEFAULT 0,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE demand (
+        kind       TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        count      INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen  REAL NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from knarr.errors import (
     LocalProtocolError,
     ProviderUnreachable,
     RemoteProtocolError,
     RequestTimeout,
+    TaskError,
 )
-from knarr.node import wire
+from knarr.node import cbor, wire
+from knarr.node.economy import (
+    Receipt,
+    check_receipt,
+    digest,
+    parse_receipt,
+    sign_receipt,
+    to_micro,
+)
 from knarr.node.identity import Identity
 from knarr.node.tasks import (
     ENVELOPE_SLACK,
@@ -36,9 +46,9 @@ from knarr.node.tasks import (
     error_payload,
     frame,
     ok_payload,
-    outcome_of,
     plaintext_size,
     schema_problem,
+    split_result,
 )
 
 log = logging.getLogger("knarr.tasks")
@@ -72,6 +82,20 @@ class TaskCall:
 
 
 Runner = Callable[[TaskCall], Awaitable[Any]]
+
+
+class Accounting(Protocol):
+    """The provider's books, as the task server uses them."""
+
+    def reserve(self, requester: bytes, price: int) -> None:
+        """Hold ``price`` against the requester's credit, or raise a ``credit_limit``
+        :class:`TaskRefusal`."""
+
+    def release(self, requester: bytes, price: int) -> None:
+        """Drop a hold made by :meth:`reserve`."""
+
+    def book(self, receipt: Receipt) -> None:
+        """Record a receipt we signed, with its ledger rows."""
 PolicyLookup = Callable[[str], SkillPolicy | None]
 
 
@@ -119,8 +143,10 @@ class TaskServer:
         run: Runner,
         max_task_timeout: float = 3600.0,
         max_frame: Callable[[], int],
+        accounting: Accounting | None = None,
     ) -> None:
         self._crypto = crypto
+        self._accounting = accounting
         self._policy = policy
         self._run = run
         self.max_task_timeout = max_task_timeout
@@ -183,14 +209,50 @@ class TaskServer:
         self, env: wire.Envelope, request: TaskRequest, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            payload = ok_payload(await self._execute(env, request, writer))
+            policy, data = self._admit(env, request)
+        except TaskRefusal as refusal:
+            self.refused += 1
+            self._reply(env, error_payload(refusal.code, str(refusal)), writer)
+            return
+        price = to_micro(policy.price)
+        books = self._accounting
+        try:
+            if books is not None:
+                books.reserve(env.sender_id, price)
+        except TaskRefusal as refusal:
+            self.refused += 1
+            self._reply(env, error_payload(refusal.code, str(refusal)), writer)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            output = await self._execute(env, request, data, writer)
+            payload = ok_payload(output)
+            outcome = "completed"
             self.completed += 1
         except TaskRefusal as refusal:
-            if refusal.code in ("handler_error", "timeout", "bad_output"):
-                self.failed += 1
-            else:
-                self.refused += 1
             payload = error_payload(refusal.code, str(refusal))
+            outcome = "timeout" if refusal.code == "timeout" else "failed"
+            self.failed += 1
+        finally:
+            if books is not None:
+                books.release(env.sender_id, price)
+        try:
+            encoded_output = cbor.encode(payload)
+        except LocalProtocolError as exc:
+            payload = error_payload("bad_output", f"output cannot be sent: {exc}")
+            outcome = "failed"
+            encoded_output = cbor.encode(payload)
+        receipt = sign_receipt(
+            self._crypto.identity,
+            task=env.nonce, skill=request.skill, price=price, requester=env.sender_id,
+            input_hash=digest(data), output_hash=hashlib.sha256(encoded_output).digest(),
+            time_ms=int(self._crypto.clock() * 1000), outcome=outcome,
+            duration_ms=int((loop.time() - started) * 1000),
+        )
+        if books is not None:
+            books.book(receipt)  # committed before the result leaves: no unbooked charge
+        payload["receipt"] = receipt.raw
         self._reply(env, payload, writer)
 
     @staticmethod
@@ -198,9 +260,10 @@ class TaskServer:
         peer = writer.get_extra_info("peername")
         return str(peer[0]) if peer else ""
 
-    async def _execute(
-        self, env: wire.Envelope, request: TaskRequest, writer: asyncio.StreamWriter
-    ) -> Mapping[str, Any]:
+    def _admit(
+        self, env: wire.Envelope, request: TaskRequest
+    ) -> tuple[SkillPolicy, dict[str, Any]]:
+        """Every check before the handler runs, in the documented order."""
         if self._draining:
             raise TaskRefusal("shutting_down", "the provider is shutting down; try another")
         policy = self._policy(request.skill)
@@ -225,16 +288,25 @@ class TaskServer:
         if problem:
             raise TaskRefusal("invalid_input", problem)
         assert isinstance(data, dict)
+        return policy, data
+
+    async def _execute(
+        self, env: wire.Envelope, request: TaskRequest, data: dict[str, Any],
+        writer: asyncio.StreamWriter,
+    ) -> Mapping[str, Any]:
         limits = [t for t in (self.max_task_timeout, request.timeout_ms / 1000) if t > 0]
         timeout = min(limits) if limits else None
+        limit = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with limit:
                 call = TaskCall(
                     request.skill, data, env.public_key, self._peer_host(writer),
                     request.sidecar,
                 )
                 output = await self._run(call)
         except TimeoutError as exc:
+            if not limit.expired():  # the handler's own TimeoutError
+                raise TaskRefusal("handler_error", f"{type(exc).__name__}: {exc}") from exc
             message = f"{request.skill!r} ran past its {timeout:g} s limit"
             raise TaskRefusal("timeout", message) from exc
         except asyncio.CancelledError:
@@ -256,15 +328,17 @@ class TaskServer:
         if writer.is_closing():
             return
         crypto = self._crypto
-        try:
-            box = crypto.boxes.seal(env.public_key, payload, crypto.entropy(24))
-        except LocalProtocolError as exc:
-            box = crypto.boxes.seal(
-                env.public_key, error_payload("bad_output", f"output cannot be sent: {exc}"),
-                crypto.entropy(24),
-            )
+        box = crypto.boxes.seal(env.public_key, payload, crypto.entropy(24))
         _, data = crypto.seal(TaskResult(env.nonce, box), DEFAULT_MAX_RESULT + ENVELOPE_SLACK)
         writer.write(data)
+
+
+@dataclass(frozen=True)
+class TaskReply:
+    """A completed task as the requester sees it."""
+
+    output: dict[str, Any]
+    receipt: Receipt | None
 
 
 @dataclass
@@ -297,17 +371,26 @@ class TaskClient:
             return conn
         waiting = self._connecting.get(key)
         if waiting is not None:
-            return await asyncio.shield(waiting)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await asyncio.shield(waiting)
+            except TimeoutError as exc:
+                raise ProviderUnreachable(f"cannot connect to {host}:{port}: timed out") from exc
         future: asyncio.Future[_Connection] = asyncio.get_running_loop().create_future()
         self._connecting[key] = future
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError) as exc:
-            error = ProviderUnreachable(f"cannot connect to {host}:{port}: {exc or 'timed out'}")
+            reason = str(exc) or "timed out"
+            error = ProviderUnreachable(f"cannot connect to {host}:{port}: {reason}")
             future.set_exception(error)
             future.exception()
             raise error from exc
+        except BaseException:  # cancelled: wake whoever waits on this connect
+            future.set_exception(ProviderUnreachable(f"connecting to {host}:{port} was abandoned"))
+            future.exception()
+            raise
         finally:
             self._connecting.pop(key, None)
         conn = _Connection(reader, writer, public_key)
@@ -348,15 +431,18 @@ class TaskClient:
         *,
         timeout: float = 30.0,
         sidecar: int = 0,
-    ) -> dict[str, Any]:
-        """Run ``skill`` at the provider; its output, or the :class:`TaskError` it sent.
-        ``sidecar`` is our own sidecar port, where the provider may fetch our assets."""
+        max_price: int | None = None,
+    ) -> TaskReply:
+        """Run ``skill`` at the provider; its output and verified receipt, or the
+        :class:`TaskError` it sent. ``sidecar`` is our own sidecar port, where the
+        provider may fetch our assets; ``max_price`` (micro-credits) the most its
+        receipt may charge."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = await self._connection(host, port, public_key, timeout)
         crypto = self._crypto
         box = crypto.boxes.seal(public_key, {"input": dict(data)}, crypto.entropy(24))
-        timeout_ms = int(timeout * 1000) if math.isfinite(timeout) else 0
+        timeout_ms = max(1, math.ceil(timeout * 1000)) if math.isfinite(timeout) else 0
         request = TaskRequest(skill, box, timeout_ms, sidecar)
         nonce, frame_bytes = crypto.seal(request, len(box) + ENVELOPE_SLACK)
         future: asyncio.Future[wire.Envelope] = loop.create_future()
@@ -375,7 +461,21 @@ class TaskClient:
             conn.pending.pop(nonce, None)
         assert isinstance(env.message, TaskResult)
         payload = crypto.boxes.open(public_key, env.message.box, max_size=self.max_result)
-        return outcome_of(payload)
+        result, raw = split_result(payload)
+        receipt = None
+        if raw is not None:
+            receipt = parse_receipt(raw)
+            answered = {k: v for k, v in payload.items() if k != "receipt"}
+            check_receipt(
+                receipt, provider_key=public_key, requester=crypto.identity.node_id,
+                task=nonce, input_hash=digest(dict(data)),
+                output_hash=hashlib.sha256(cbor.encode(answered)).digest(),
+                max_price=max_price if max_price is not None else receipt.price,
+            )
+        if isinstance(result, TaskError):
+            result.receipt = receipt
+            raise result
+        return TaskReply(result, receipt)
 
     async def close(self) -> None:
         for conn in self._connections.values():

@@ -171,16 +171,31 @@ def error_payload(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message[:1000]}}
 
 
-def outcome_of(payload: Any) -> dict[str, Any]:
-    """The output dict of a result payload, or the :class:`TaskError` it carries."""
-    if isinstance(payload, dict) and set(payload) == {"ok"} and isinstance(payload["ok"], dict):
-        return payload["ok"]
-    if isinstance(payload, dict) and set(payload) == {"error"}:
+def split_result(payload: Any) -> tuple[dict[str, Any] | TaskError, bytes | None]:
+    """A result payload's output (or the :class:`TaskError` it reports) and the raw
+    receipt that came with it, if any."""
+    if not isinstance(payload, dict):
+        raise MistypedMessage("task result payload must be a map")
+    receipt = payload.get("receipt")
+    if receipt is not None and not isinstance(receipt, bytes):
+        raise MistypedMessage("task result receipt must be bytes")
+    keys = set(payload) - {"receipt"}
+    if keys == {"ok"} and isinstance(payload["ok"], dict):
+        return payload["ok"], receipt
+    if keys == {"error"}:
         err = payload["error"]
         if isinstance(err, dict) and isinstance(err.get("code"), str):
             code, message = err["code"], str(err.get("message", ""))
-            raise ERROR_CLASSES.get(code, TaskError)(message or code, code=code)
+            return ERROR_CLASSES.get(code, TaskError)(message or code, code=code), receipt
     raise MistypedMessage("task result payload is neither an output nor an error")
+
+
+def outcome_of(payload: Any) -> dict[str, Any]:
+    """The output dict of a result payload, or raise the :class:`TaskError` it carries."""
+    result, _ = split_result(payload)
+    if isinstance(result, TaskError):
+        raise result
+    return result
 
 
 # -------------------------------------------------------------------------- schemas

@@ -269,6 +269,15 @@ def test_replies_from_unknown_or_repeated_contacts_change_nothing() -> None:
     assert lookup.pending == 0 and lookup.closest() == [a]
 
 
+def test_closest_with_a_count_of_zero_is_empty() -> None:
+    a = Contact(b"\x0a" * 32, "127.0.0.1", 7001)
+    lookup = Lookup(b"\x00" * 32, b"\xff" * 32, [a])
+    lookup.start()
+    lookup.on_reply(a.node_id, [])
+    assert lookup.closest() == [a]
+    assert lookup.closest(0) == []
+
+
 # ---------------------------------------------------------------------------- values
 
 

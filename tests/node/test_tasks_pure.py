@@ -216,6 +216,7 @@ def test_boxes_are_cached_per_peer_and_the_least_recent_is_evicted() -> None:
     [
         TaskRequest("echo", b"\x01" * 60),
         TaskRequest("a" * MAX_SKILL_NAME, b"", timeout_ms=30_000),
+        TaskRequest("echo", b"\x05", sidecar=65535),
         TaskResult(b"\x02" * wire.NONCE_SIZE, b"\x03" * 60),
     ],
 )
@@ -228,9 +229,10 @@ def test_task_messages_round_trip_through_the_envelope(message: wire.Message) ->
     assert wire.peek_type(data) == message.TYPE
 
 
-def test_a_request_without_a_timeout_leaves_it_off_the_wire() -> None:
+def test_a_request_without_a_timeout_or_sidecar_leaves_them_off_the_wire() -> None:
     assert TaskRequest("echo", b"").to_body() == {"skill": "echo", "box": b""}
     assert TaskRequest("echo", b"", 5).to_body()["timeout"] == 5
+    assert TaskRequest("echo", b"", sidecar=8081).to_body()["side"] == 8081
 
 
 @pytest.mark.parametrize(
@@ -244,6 +246,10 @@ def test_a_request_without_a_timeout_leaves_it_off_the_wire() -> None:
         (TaskRequest, {"skill": "echo", "box": b"", "timeout": -1}),
         (TaskRequest, {"skill": "echo", "box": b"", "timeout": 1.5}),
         (TaskRequest, {"skill": "echo", "box": b"", "timeout": True}),
+        (TaskRequest, {"skill": "", "box": b""}),
+        (TaskRequest, {"box": b""}),
+        (TaskRequest, {"skill": "echo", "box": b"", "side": 65536}),
+        (TaskRequest, {"skill": "echo", "box": b"", "side": -1}),
         (TaskResult, {"re": b"\x00" * 15, "box": b""}),
         (TaskResult, {"re": b"\x00" * 16}),
         (TaskResult, {"re": b"\x00" * 16, "box": b"", "ok": True}),

@@ -1,0 +1,287 @@
+"""Receipts, credit arithmetic, reputation scores and settlement statements: pure code.
+
+A receipt is the provider's signed account of one task. Both sides keep it, and the
+ledger and reputation are derived from receipts, so two honest nodes always agree on
+what happened between them. Amounts are integers in micro-credits (1 credit =
+1,000,000) so sums never drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from knarr.errors import InvalidRecord, RemoteProtocolError
+from knarr.node import cbor
+from knarr.node.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of, verify
+
+MICRO = 1_000_000
+RECEIPT_MAGIC = b"RC"
+SETTLEMENT_MAGIC = b"ST"
+VERSION = 1
+OUTCOMES = ("completed", "failed", "timeout")
+_RECEIPT_FIELDS = frozenset({"task", "skill", "price", "req", "in", "out", "t", "outcome", "ms"})
+
+
+def to_micro(credits: float) -> int:
+    if not math.isfinite(credits) or credits < 0:
+        raise ValueError(f"not an amount of credits: {credits!r}")
+    return round(credits * MICRO)
+
+
+def to_credits(micro: int) -> float:
+    return micro / MICRO
+
+
+def digest(value: object) -> bytes:
+    """SHA-256 of a value's canonical encoding (inputs and outputs in receipts)."""
+    return hashlib.sha256(cbor.encode(value)).digest()
+
+
+class InvalidReceipt(InvalidRecord):
+    """A receipt or settlement statement that does not verify or does not match."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Receipt:
+    """A verified, provider-signed receipt for one task."""
+
+    task: bytes
+    skill: str
+    price: int
+    requester: bytes
+    input_hash: bytes
+    output_hash: bytes
+    time_ms: int
+    outcome: str
+    duration_ms: int
+    provider_key: bytes
+    raw: bytes
+
+    @property
+    def provider(self) -> bytes:
+        return node_id_of(self.provider_key)
+
+    @property
+    def id(self) -> str:
+        """Unique per task: the hash of the signed receipt."""
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def charged(self) -> int:
+        """What the requester owes for it: the price when completed, else nothing."""
+        return self.price if self.outcome == "completed" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task.hex(),
+            "skill": self.skill,
+            "price": to_credits(self.price),
+            "charged": to_credits(self.charged),
+            "requester": self.requester.hex(),
+            "provider": self.provider.hex(),
+            "input_hash": self.input_hash.hex(),
+            "output_hash": self.output_hash.hex(),
+            "time_ms": self.time_ms,
+            "outcome": self.outcome,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def sign_receipt(
+    provider: Identity,
+    *,
+    task: bytes,
+    skill: str,
+    price: int,
+    requester: bytes,
+    input_hash: bytes,
+    output_hash: bytes,
+    time_ms: int,
+    outcome: str,
+    duration_ms: int,
+) -> Receipt:
+    body = {
+        "task": task, "skill": skill, "price": price, "req": requester, "in": input_hash,
+        "out": output_hash, "t": time_ms, "outcome": outcome, "ms": duration_ms,
+    }
+    signed = RECEIPT_MAGIC + bytes([VERSION]) + provider.public_key + cbor.encode(body)
+    return parse_receipt(signed + provider.sign(signed))
+
+
+def parse_receipt(raw: bytes) -> Receipt:
+    """Verify a receipt's signature and fields; :class:`InvalidReceipt` if anything is off."""
+    prefix = len(RECEIPT_MAGIC) + 1 + PUBLIC_KEY_SIZE
+    if len(raw) > 2048 or len(raw) < prefix + SIGNATURE_SIZE or raw[:2] != RECEIPT_MAGIC:
+        raise InvalidReceipt("not a knarr receipt")
+    if raw[2] != VERSION:
+        raise InvalidReceipt(f"unsupported receipt version {raw[2]}")
+    key = raw[3:prefix]
+    try:
+        verify(key, raw[:-SIGNATURE_SIZE], raw[-SIGNATURE_SIZE:])
+        body = cbor.decode(raw[prefix:-SIGNATURE_SIZE], max_depth=2, max_items=32)
+    except RemoteProtocolError as exc:
+        raise InvalidReceipt(f"receipt rejected: {exc}") from exc
+    if not isinstance(body, dict) or body.keys() != _RECEIPT_FIELDS:
+        raise InvalidReceipt("receipt has missing or unexpected fields")
+    ok = (
+        isinstance(body["task"], bytes) and len(body["task"]) == 16
+        and isinstance(body["skill"], str) and len(body["skill"]) <= 64
+        and type(body["price"]) is int and body["price"] >= 0
+        and isinstance(body["req"], bytes) and len(body["req"]) == 32
+        and isinstance(body["in"], bytes) and len(body["in"]) == 32
+        and isinstance(body["out"], bytes) and len(body["out"]) == 32
+        and type(body["t"]) is int and type(body["ms"]) is int and body["ms"] >= 0
+        and body["outcome"] in OUTCOMES
+    )
+    if not ok:
+        raise InvalidReceipt("receipt fields have the wrong types")
+    return Receipt(
+        body["task"], body["skill"], body["price"], body["req"], body["in"], body["out"],
+        body["t"], body["outcome"], body["ms"], key, raw,
+    )
+
+
+def check_receipt(
+    receipt: Receipt,
+    *,
+    provider_key: bytes,
+    requester: bytes,
+    task: bytes,
+    input_hash: bytes,
+    output_hash: bytes,
+    max_price: int,
+) -> None:
+    """A requester's checks: the receipt is for this task, from this provider, for the
+    input we sent and the output we got, at no more than the advertised price."""
+    problems = [
+        (receipt.provider_key != provider_key, "signed by another node"),
+        (receipt.requester != requester, "made out to another requester"),
+        (receipt.task != task, "for another task"),
+        (receipt.input_hash != input_hash, "for another input"),
+        (receipt.output_hash != output_hash, "for another output"),
+        (receipt.price > max_price, "charging more than the advertised price"),
+    ]
+    for bad, why in problems:
+        if bad:
+            raise InvalidReceipt(f"receipt is {why}")
+
+
+# ---------------------------------------------------------------------------- reputation
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    """What this node has seen of one provider."""
+
+    provider: str
+    successes: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    latency_ms_total: float = 0.0
+    last_seen: float = 0.0
+
+    @property
+    def calls(self) -> int:
+        return self.successes + self.failures + self.timeouts
+
+    @property
+    def mean_latency_ms(self) -> float:
+        return self.latency_ms_total / self.successes if self.successes else 0.0
+
+    @property
+    def score(self) -> float:
+        return reputation_score(self.successes, self.failures + self.timeouts,
+                                self.mean_latency_ms)
+
+
+def wilson_lower_bound(successes: float, total: float, z: float = 1.96) -> float:
+    """The lower end of the 95 % Wilson interval of a success rate: a rate seen over
+    few calls scores lower than the same rate seen over many."""
+    if total <= 0:
+        return 0.0
+    p = successes / total
+    centre = p + z * z / (2 * total)
+    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return max(0.0, (centre - spread) / (1 + z * z / total))
+
+
+def reputation_score(successes: int, failures: int, mean_latency_ms: float) -> float:
+    """0..1: the Wilson lower bound of the success rate (with one success and one failure
+    as a prior, so an unknown provider sits between good and bad ones), less up to 0.1
+    for latency (0 at 0 s, 0.1 at 10 s or more)."""
+    reliability = wilson_lower_bound(successes + 1, successes + failures + 2)
+    return max(0.0, reliability - min(0.1, mean_latency_ms / 100_000))
+
+
+def rank(providers: Iterable[Any], stats: dict[str, ProviderStats], key: Any) -> list[Any]:
+    """``providers`` sorted best first by score (unknown providers get the prior)."""
+    prior = reputation_score(0, 0, 0.0)
+    return sorted(
+        providers,
+        key=lambda p: -(stats[key(p)].score if key(p) in stats else prior),
+    )
+
+
+# ---------------------------------------------------------------------------- settlement
+
+
+def receipts_hash(ids: Iterable[str]) -> bytes:
+    """Commits a settlement to exactly the receipts it covers."""
+    h = hashlib.sha256()
+    for receipt_id in sorted(ids):
+        h.update(bytes.fromhex(receipt_id))
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """What two peers agree to settle: ``amount`` micro-credits that ``debtor`` owes
+    ``creditor`` over the receipts hashed into ``receipts``."""
+
+    id: bytes
+    creditor: bytes
+    debtor: bytes
+    amount: int
+    receipts: bytes
+    count: int
+
+    def encode(self) -> bytes:
+        return SETTLEMENT_MAGIC + bytes([VERSION]) + cbor.encode({
+            "id": self.id, "cr": self.creditor, "db": self.debtor, "amount": self.amount,
+            "receipts": self.receipts, "count": self.count,
+        })
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "cr": self.creditor, "db": self.debtor, "amount": self.amount,
+                "receipts": self.receipts, "count": self.count}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Statement:
+        try:
+            s = cls(body["id"], body["cr"], body["db"], body["amount"], body["receipts"],
+                    body["count"])
+        except (KeyError, TypeError) as exc:
+            raise InvalidReceipt("settlement statement is incomplete") from exc
+        ok = (
+            isinstance(s.id, bytes) and len(s.id) == 16
+            and isinstance(s.creditor, bytes) and len(s.creditor) == 32
+            and isinstance(s.debtor, bytes) and len(s.debtor) == 32
+            and s.creditor != s.debtor
+            and type(s.amount) is int and s.amount > 0
+            and isinstance(s.receipts, bytes) and len(s.receipts) == 32
+            and type(s.count) is int and s.count >= 0
+        )
+        if not ok:
+            raise InvalidReceipt("settlement statement has the wrong types")
+        return s
+
+    def verify(self, public_key: bytes, signature: bytes) -> None:
+        try:
+            verify(public_key, self.encode(), signature)
+        except RemoteProtocolError as exc:
+            raise InvalidReceipt("settlement signature does not verify") from exc

@@ -1,0 +1,240 @@
+"""The node's books in SQLite: receipts, a double-entry ledger, settlements, reputation
+and unmet demand. Every change that spans rows is one transaction, and receipts are
+keyed by their hash, so a retried or replayed receipt is never counted twice.
+
+Accounts: ``peer:<node id>`` holds what that peer owes us (negative: what we owe it);
+``provided`` and ``consumed`` are the other legs of task charges; ``settled:<node id>``
+the other leg of settlements. Every transaction's rows sum to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from knarr.node.economy import (
+    ProviderStats,
+    Receipt,
+    Statement,
+    receipts_hash,
+    to_credits,
+    to_micro,
+)
+from knarr.node.store import Store
+from knarr.node.tasks import TaskRefusal
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    peer: str
+    amount: int
+    """Micro-credits the peer owes us (negative: we owe it)."""
+    tasks: int
+
+
+class Ledger:
+    """Books over one node :class:`Store`."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+
+    # ------------------------------------------------------------------ receipts
+
+    def record(self, receipt: Receipt, *, role: str) -> bool:
+        """Book a receipt (``role``: we ``provided`` or ``consumed`` the task). Returns
+        False if it was booked before. The receipt and its ledger rows commit together."""
+        peer = (receipt.requester if role == "provided" else receipt.provider).hex()
+        now = self.clock()
+        charged = receipt.charged
+        with self.store.transaction():
+            existing = self.store.execute("SELECT 1 FROM receipts WHERE id = ?", (receipt.id,))
+            if existing:
+                return False
+            self.store.execute(
+                "INSERT INTO receipts(id, role, peer, skill, price, charged, outcome, duration,"
+                " created, raw) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (receipt.id, role, peer, receipt.skill, receipt.price, charged,
+                 receipt.outcome, receipt.duration_ms, now, receipt.raw),
+            )
+            if charged:
+                sign = 1 if role == "provided" else -1
+                self.store.executemany(
+                    "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
+                    [(receipt.id, f"peer:{peer}", sign * charged, now),
+                     (receipt.id, role, -sign * charged, now)],
+                )
+        return True
+
+    def receipts(self, *, peer: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        where, params = ("WHERE peer = ?", (peer,)) if peer else ("", ())
+        rows = self.store.execute(
+            "SELECT id, role, peer, skill, price, charged, outcome, duration, created,"
+            f" settlement FROM receipts {where} ORDER BY created DESC LIMIT ?",
+            (*params, limit),
+        )
+        keys = ("id", "role", "peer", "skill", "price", "charged", "outcome", "duration_ms",
+                "created", "settlement")
+        out = [dict(zip(keys, row, strict=True)) for row in rows]
+        for row in out:
+            row["price"] = to_credits(row["price"])
+            row["charged"] = to_credits(row["charged"])
+        return out
+
+    # ------------------------------------------------------------------ balances
+
+    def balance(self, peer: str) -> int:
+        rows = self.store.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account = ?", (f"peer:{peer}",)
+        )
+        return int(rows[0][0])
+
+    def balances(self) -> list[Balance]:
+        rows = self.store.execute(
+            "SELECT substr(l.account, 6), SUM(l.amount),"
+            " (SELECT COUNT(*) FROM receipts r WHERE r.peer = substr(l.account, 6))"
+            " FROM ledger l WHERE l.account LIKE 'peer:%' GROUP BY l.account"
+            " ORDER BY ABS(SUM(l.amount)) DESC"
+        )
+        return [Balance(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def totals(self) -> dict[str, int]:
+        """Sums per account kind: what we earned, spent, and settled; and the check that
+        every transaction balances (``imbalance`` must be 0)."""
+        rows = self.store.execute(
+            "SELECT CASE WHEN account LIKE 'peer:%' THEN 'outstanding'"
+            " WHEN account LIKE 'settled:%' THEN 'settled' ELSE account END, SUM(amount)"
+            " FROM ledger GROUP BY 1"
+        )
+        totals = {str(k): int(v) for k, v in rows}
+        imbalance = self.store.execute(
+            "SELECT COUNT(*) FROM (SELECT txn FROM ledger GROUP BY txn HAVING SUM(amount) != 0)"
+        )
+        totals["unbalanced_transactions"] = int(imbalance[0][0])
+        return totals
+
+    def unsettled(self, peer: str) -> list[str]:
+        rows = self.store.execute(
+            "SELECT id FROM receipts WHERE peer = ? AND settlement IS NULL AND charged > 0",
+            (peer,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def settlement_view(self, peer: str) -> tuple[int, bytes, int]:
+        """(balance with ``peer`` over unsettled receipts, their hash, how many)."""
+        ids = self.unsettled(peer)
+        rows = self.store.execute(
+            "SELECT COALESCE(SUM(CASE role WHEN 'provided' THEN charged ELSE -charged END), 0)"
+            " FROM receipts WHERE peer = ? AND settlement IS NULL AND charged > 0",
+            (peer,),
+        )
+        return int(rows[0][0]), receipts_hash(ids), len(ids)
+
+    def settle(self, statement: Statement, *, peer: str, our_sig: bytes,
+               their_sig: bytes, we_are_creditor: bool) -> bool:
+        """Book an agreed settlement: the peer's balance over the covered receipts goes to
+        zero and the receipts are marked. False if already booked."""
+        sid = statement.id.hex()
+        now = self.clock()
+        amount = statement.amount if we_are_creditor else -statement.amount
+        with self.store.transaction():
+            if self.store.execute("SELECT 1 FROM settlements WHERE id = ?", (sid,)):
+                return False
+            ids = self.unsettled(peer)
+            if receipts_hash(ids) != statement.receipts:
+                raise ValueError("the receipts changed since the settlement was agreed")
+            self.store.execute(
+                "INSERT INTO settlements(id, peer, amount, receipts, count, statement, our_sig,"
+                " their_sig, created) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sid, peer, amount, statement.receipts, statement.count, statement.encode(),
+                 our_sig, their_sig, now),
+            )
+            self.store.executemany(
+                "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
+                [(sid, f"peer:{peer}", -amount, now), (sid, f"settled:{peer}", amount, now)],
+            )
+            self.store.executemany(
+                "UPDATE receipts SET settlement = ? WHERE id = ?", [(sid, i) for i in ids]
+            )
+        return True
+
+    def settlements(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.store.execute(
+            "SELECT id, peer, amount, count, created FROM settlements ORDER BY created DESC"
+            " LIMIT ?", (limit,),
+        )
+        return [{"id": r[0], "peer": r[1], "amount": to_credits(r[2]), "receipts": r[3],
+                 "created": r[4]} for r in rows]
+
+    # ------------------------------------------------------------------ reputation
+
+    def observe(self, provider: str, outcome: str, latency_ms: float = 0.0) -> None:
+        """Count one call to ``provider``: ``completed``, ``failed`` or ``timeout``."""
+        column = {"completed": "successes", "failed": "failures", "timeout": "timeouts"}[outcome]
+        latency = latency_ms if outcome == "completed" else 0.0
+        self.store.execute(
+            f"INSERT INTO reputation(provider, {column}, latency, last_seen) VALUES(?, 1, ?, ?)"
+            f" ON CONFLICT(provider) DO UPDATE SET {column} = {column} + 1,"
+            " latency = latency + excluded.latency, last_seen = excluded.last_seen",
+            (provider, latency, self.clock()),
+        )
+
+    def reputation(self) -> dict[str, ProviderStats]:
+        rows = self.store.execute(
+            "SELECT provider, successes, failures, timeouts, latency, last_seen FROM reputation"
+        )
+        return {str(r[0]): ProviderStats(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    # ------------------------------------------------------------------ demand
+
+    def count_demand(self, kind: str, name: str) -> None:
+        """A query for skill or tag ``name`` found no provider."""
+        now = self.clock()
+        self.store.execute(
+            "INSERT INTO demand(kind, name, count, first_seen, last_seen) VALUES(?, ?, 1, ?, ?)"
+            " ON CONFLICT(kind, name) DO UPDATE SET count = count + 1,"
+            " last_seen = excluded.last_seen",
+            (kind, name, now, now),
+        )
+
+    def demand(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self.store.execute(
+            "SELECT kind, name, count, first_seen, last_seen FROM demand"
+            " ORDER BY count DESC, last_seen DESC LIMIT ?", (limit,),
+        )
+        keys = ("kind", "name", "count", "first_seen", "last_seen")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+class CreditBooks:
+    """The provider's side of the task server's :class:`Accounting`: credit holds for
+    tasks in flight, so concurrent requests cannot overrun a requester's limit."""
+
+    def __init__(self, ledger: Ledger, limit_for: Callable[[str], float]) -> None:
+        self.ledger = ledger
+        self.limit_for = limit_for
+        self._held: dict[str, int] = {}
+
+    def reserve(self, requester: bytes, price: int) -> None:
+        peer = requester.hex()
+        limit = to_micro(self.limit_for(peer))
+        owed = self.ledger.balance(peer) + self._held.get(peer, 0)
+        if price and owed + price > limit:
+            raise TaskRefusal(
+                "credit_limit",
+                f"credit limit reached: you owe {to_credits(owed):g} of "
+                f"{to_credits(limit):g} credits here; settle before calling again",
+            )
+        self._held[peer] = self._held.get(peer, 0) + price
+
+    def release(self, requester: bytes, price: int) -> None:
+        peer = requester.hex()
+        left = self._held.get(peer, 0) - price
+        if left > 0:
+            self._held[peer] = left
+        else:
+            self._held.pop(peer, None)
+
+    def book(self, receipt: Receipt) -> None:
+        self.ledger.record(receipt, role="provided")
