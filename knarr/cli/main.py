@@ -31,7 +31,7 @@ def __getattr__(name: str) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from knarr.cli import client, init, serve
+    from knarr.cli import books, client, init, serve
 
     parser = argparse.ArgumentParser(
         prog="knarr",
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_parser(sub)
     serve.add_parser(sub)
     client.add_parsers(sub)
+    books.add_parsers(sub)
     return parser
 
 

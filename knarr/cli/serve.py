@@ -122,7 +122,7 @@ async def run(args: argparse.Namespace) -> int:
         node_cfg.host, node_cfg.port, storage=storage, advertise_host=advertise,
         settings=settings, max_task_timeout=node_cfg.max_task_timeout,
         sidecar_port=sidecar or None, asset_dir=config.sidecar.asset_dir,
-        max_asset_size=node_cfg.max_asset_size,
+        max_asset_size=node_cfg.max_asset_size, economy=config.economy,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ runs on real sockets and on the simulator's virtual-time loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -190,6 +191,8 @@ class Dht:
         self._published: dict[str, _Publication] = {}
         self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
         self._bootstrap: list[Addr] = []
+        self.on_unmet: Callable[[str, str], None] | None = None
+        """Called with (kind, name) when a FIND_VALUE for a key we answer finds nothing."""
         self.on_contact: Callable[[Contact, AddResult], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -379,6 +382,12 @@ class Dht:
     def _find_value(self, nonce: bytes, message: FindValue, addr: Addr, sender: Contact) -> Reply:
         stored = self.records.get(message.key, now_s=int(self.clock()))
         if not stored:
+            if message.query and message.offset == 0 and self.on_unmet is not None:
+                kind, _, name = message.query.partition(":")
+                if kind in ("skill", "tag") and name and (
+                    hashlib.sha256(message.query.encode()).digest() == message.key
+                ):
+                    self.on_unmet(kind, name)
             return Nodes(nonce, tuple(self._closest_for(message.key, addr, sender)))
         page: list[bytes] = []
         size = wire.OVERHEAD + 48
@@ -516,6 +525,7 @@ class Dht:
         want_value: bool = False,
         seeds: Iterable[Contact] | None = None,
         accept: Callable[[SkillRecord], bool] | None = None,
+        query: str = "",
     ) -> LookupResult:
         """Iterative lookup of ``target``; with ``want_value``, also collect the verified
         records stored there (those for which ``accept`` holds)."""
@@ -542,7 +552,7 @@ class Dht:
             # Value replies must fit a whole record even from a node that has not yet
             # seen our address answer, and read-only clients are never seen to answer.
             if want_value:
-                return FindValue(target, offset, ro=s.read_only, pad=VALUE_PAD)
+                return FindValue(target, offset, ro=s.read_only, pad=VALUE_PAD, query=query)
             return FindNode(target, ro=s.read_only, pad=VALUE_PAD if s.read_only else 0)
 
         def check() -> None:

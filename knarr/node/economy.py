@@ -52,7 +52,7 @@ class Receipt:
     task: bytes
     skill: str
     price: int
-    requester: bytes
+    requester_key: bytes
     input_hash: bytes
     output_hash: bytes
     time_ms: int
@@ -64,6 +64,10 @@ class Receipt:
     @property
     def provider(self) -> bytes:
         return node_id_of(self.provider_key)
+
+    @property
+    def requester(self) -> bytes:
+        return node_id_of(self.requester_key)
 
     @property
     def id(self) -> str:
@@ -83,6 +87,8 @@ class Receipt:
             "price": to_credits(self.price),
             "charged": to_credits(self.charged),
             "requester": self.requester.hex(),
+            "requester_key": self.requester_key.hex(),
+            "provider_key": self.provider_key.hex(),
             "provider": self.provider.hex(),
             "input_hash": self.input_hash.hex(),
             "output_hash": self.output_hash.hex(),
@@ -98,7 +104,7 @@ def sign_receipt(
     task: bytes,
     skill: str,
     price: int,
-    requester: bytes,
+    requester_key: bytes,
     input_hash: bytes,
     output_hash: bytes,
     time_ms: int,
@@ -106,7 +112,7 @@ def sign_receipt(
     duration_ms: int,
 ) -> Receipt:
     body = {
-        "task": task, "skill": skill, "price": price, "req": requester, "in": input_hash,
+        "task": task, "skill": skill, "price": price, "req": requester_key, "in": input_hash,
         "out": output_hash, "t": time_ms, "outcome": outcome, "ms": duration_ms,
     }
     signed = RECEIPT_MAGIC + bytes([VERSION]) + provider.public_key + cbor.encode(body)
@@ -150,7 +156,7 @@ def check_receipt(
     receipt: Receipt,
     *,
     provider_key: bytes,
-    requester: bytes,
+    requester_key: bytes,
     task: bytes,
     input_hash: bytes,
     output_hash: bytes,
@@ -160,7 +166,7 @@ def check_receipt(
     input we sent and the output we got, at no more than the advertised price."""
     problems = [
         (receipt.provider_key != provider_key, "signed by another node"),
-        (receipt.requester != requester, "made out to another requester"),
+        (receipt.requester_key != requester_key, "made out to another requester"),
         (receipt.task != task, "for another task"),
         (receipt.input_hash != input_hash, "for another input"),
         (receipt.output_hash != output_hash, "for another output"),

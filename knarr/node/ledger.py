@@ -82,6 +82,16 @@ class Ledger:
             row["charged"] = to_credits(row["charged"])
         return out
 
+    def peer_key(self, peer: str) -> bytes | None:
+        """A peer's public key, from a receipt that names it."""
+        from knarr.node.economy import parse_receipt
+
+        rows = self.store.execute("SELECT role, raw FROM receipts WHERE peer = ? LIMIT 1", (peer,))
+        if not rows:
+            return None
+        receipt = parse_receipt(bytes(rows[0][1]))
+        return receipt.requester_key if rows[0][0] == "provided" else receipt.provider_key
+
     # ------------------------------------------------------------------ balances
 
     def balance(self, peer: str) -> int:

@@ -36,14 +36,16 @@ if TYPE_CHECKING:
 from knarr.node.assets import AssetError, AssetStore, TaskContext, asset_refs
 from knarr.node.contact import Contact, pack_ip
 from knarr.node.dht import Dht, DhtSettings
-from knarr.node.economy import Receipt, rank, to_micro
+from knarr.node.economy import InvalidReceipt, Receipt, Statement, rank, to_micro
 from knarr.node.identity import Identity
 from knarr.node.ledger import CreditBooks, Ledger
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
+from knarr.node.settlement import SettlementDesk, SettlementRefused, SettlePropose, SettleReply
 from knarr.node.store import Store
 from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
 from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes, TaskRefusal
 from knarr.node.transport import Addr, DatagramNetwork
+from knarr.node.wire import Envelope, Reply
 
 log = logging.getLogger("knarr.node")
 
@@ -134,6 +136,10 @@ class Node:
             accounting=CreditBooks(self.ledger, (economy or EconomyConfig()).limit_for),
         )
         self.client = TaskClient(sealer)
+        self.settlements = SettlementDesk(self.identity, self.ledger, entropy)
+        self.tasks.on_request = self._on_request
+        self.tasks.answers = (SettlePropose,)
+        self.dht.on_unmet = self.ledger.count_demand
         self._maintenance: asyncio.Task[None] | None = None
         self._started = False
 
@@ -400,17 +406,55 @@ class Node:
         if (name is None) == (tag is None):
             raise ValueError("give exactly one of name= or tag=")
         if name is not None:
-            key = skill_key(name)
-            result = await self.dht.lookup(key, want_value=True, accept=lambda r: r.name == name)
+            result = await self.dht.lookup(
+                skill_key(name), want_value=True, accept=lambda r: r.name == name,
+                query=f"skill:{name}",
+            )
         else:
             assert tag is not None
-            key = tag_key(tag)
-            result = await self.dht.lookup(key, want_value=True, accept=lambda r: tag in r.tags)
+            result = await self.dht.lookup(
+                tag_key(tag), want_value=True, accept=lambda r: tag in r.tags,
+                query=f"tag:{tag}",
+            )
         if not result.records:
             self.ledger.count_demand("skill" if name is not None else "tag", name or tag or "")
         return rank(result.records, self.ledger.reputation(), key=lambda r: r.provider_id.hex())
 
 
+
+    # ------------------------------------------------------------------ settlement
+
+    async def _on_request(self, env: Envelope) -> Reply | None:
+        if isinstance(env.message, SettlePropose):
+            try:
+                return self.settlements.answer(env.public_key, env.nonce, env.message)
+            except (InvalidReceipt, ValueError) as exc:
+                return SettleReply(env.nonce, False, why=str(exc)[:200])
+        return None
+
+    async def settle(self, peer: str, *, timeout: float = 30.0) -> Statement | None:
+        """Agree with ``peer`` (a node id) on the net of our unsettled receipts and book
+        it on both sides. ``None`` if nothing is owed; :class:`SettlementRefused` if the
+        peer's books differ."""
+        self._check_started()
+        peer_id = bytes.fromhex(peer)
+        proposal = self.settlements.propose(peer_id)
+        if proposal is None:
+            return None
+        key = self.ledger.peer_key(peer)
+        if key is None:
+            raise SettlementRefused(f"no receipts name the key of {peer[:16]}…")
+        found = await self.dht.lookup(peer_id)
+        contact = next((c for c in found.closest if c.node_id == peer_id), None)
+        if contact is None:
+            raise SettlementRefused(f"peer {peer[:16]}… cannot be found on the network")
+        env = await self.client.exchange(
+            contact.host, contact.port, key, proposal, timeout=timeout
+        )
+        if not isinstance(env.message, SettleReply):
+            raise RemoteProtocolError("the peer answered a settlement with something else")
+        self.settlements.conclude(proposal, env.message, key)
+        return proposal.statement
 
     async def request(
         self, skill: str, data: Mapping[str, Any], *, timeout: float = 30.0

@@ -95,11 +95,22 @@ SCHEMA_VERSION = len(MIGRATIONS)
 class Store:
     """One node database. ``path`` may be ``":memory:"`` for a throwaway node."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        """Open (creating and migrating) a node database. With ``readonly``, open an
+        existing one for reading only, beside a running node, without changing it."""
         self.path = os.fspath(path)
+        if readonly and (self.path == ":memory:" or not os.path.isfile(self.path)):
+            raise StorageError(f"{self.path}: no node database here (start a node with "
+                               "`knarr serve`, or pass --storage)")
         try:
-            self._db = apsw.Connection(self.path)
+            flags = apsw.SQLITE_OPEN_READONLY if readonly else (
+                apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+            )
+            self._db = apsw.Connection(self.path, flags=flags)
             self._db.set_busy_timeout(5000)
+            if readonly:
+                self._check_readable()
+                return
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
@@ -107,6 +118,21 @@ class Store:
             self._migrate()
         except apsw.Error as exc:
             raise StorageError(f"{self.path}: cannot open the node database: {exc}") from exc
+
+    def _check_readable(self) -> None:
+        version = self.schema_version
+        if version == 0:
+            raise StorageError(f"{self.path}: not a knarr node database")
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: database schema version {version} is newer than this knarr "
+                f"understands ({SCHEMA_VERSION}); upgrade knarr"
+            )
+        if version < SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: database schema version {version} is older than this knarr's "
+                f"({SCHEMA_VERSION}); start the node once to upgrade it"
+            )
 
     @property
     def schema_version(self) -> int:

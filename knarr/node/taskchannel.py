@@ -84,6 +84,9 @@ class TaskCall:
 Runner = Callable[[TaskCall], Awaitable[Any]]
 
 
+RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Reply | None]]
+
+
 class Accounting(Protocol):
     """The provider's books, as the task server uses them."""
 
@@ -147,6 +150,10 @@ class TaskServer:
     ) -> None:
         self._crypto = crypto
         self._accounting = accounting
+        self.on_request: RequestHandler | None = None
+        self.answers: tuple[type[wire.Request], ...] = ()
+        """Request types besides tasks that ``on_request`` answers; others close the
+        connection."""
         self._policy = policy
         self._run = run
         self.max_task_timeout = max_task_timeout
@@ -192,9 +199,13 @@ class TaskServer:
                 limit = self._max_frame()
                 data = await _read_frame(reader, limit)
                 env = self._crypto.open(data, limit)
-                if not isinstance(env.message, TaskRequest):
+                if isinstance(env.message, TaskRequest):
+                    work = self._handle(env, env.message, writer)
+                elif self.on_request is not None and isinstance(env.message, self.answers):
+                    work = self._answer(env, self.on_request, writer)
+                else:
                     raise RemoteProtocolError(f"unexpected {type(env.message).__name__}")
-                task = asyncio.create_task(self._handle(env, env.message, writer))
+                task = asyncio.create_task(work)
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -204,6 +215,19 @@ class TaskServer:
         finally:
             self._connections.discard(writer)
             writer.close()
+
+    async def _answer(
+        self, env: wire.Envelope, handler: RequestHandler, writer: asyncio.StreamWriter
+    ) -> None:
+        """A non-task request (e.g. a settlement): signed reply, not sealed."""
+        try:
+            reply = await handler(env)
+        except Exception:
+            log.exception("answering %s failed", type(env.message).__name__)
+            return
+        if reply is not None and not writer.is_closing():
+            _, data = self._crypto.seal(reply, DEFAULT_MAX_RESULT)
+            writer.write(data)
 
     async def _handle(
         self, env: wire.Envelope, request: TaskRequest, writer: asyncio.StreamWriter
@@ -245,7 +269,7 @@ class TaskServer:
             encoded_output = cbor.encode(payload)
         receipt = sign_receipt(
             self._crypto.identity,
-            task=env.nonce, skill=request.skill, price=price, requester=env.sender_id,
+            task=env.nonce, skill=request.skill, price=price, requester_key=env.public_key,
             input_hash=digest(data), output_hash=hashlib.sha256(encoded_output).digest(),
             time_ms=int(self._crypto.clock() * 1000), outcome=outcome,
             duration_ms=int((loop.time() - started) * 1000),
@@ -405,8 +429,8 @@ class TaskClient:
             while True:
                 data = await _read_frame(conn.reader, self.max_result + ENVELOPE_SLACK)
                 env = self._crypto.open(data, self.max_result + ENVELOPE_SLACK)
-                if env.public_key != conn.public_key or not isinstance(env.message, TaskResult):
-                    raise RemoteProtocolError("result from the wrong node or of the wrong type")
+                if env.public_key != conn.public_key or not isinstance(env.message, wire.Reply):
+                    raise RemoteProtocolError("reply from the wrong node or of the wrong type")
                 future = conn.pending.pop(env.message.re, None)
                 if future is not None and not future.done():
                     future.set_result(env)
@@ -459,7 +483,8 @@ class TaskClient:
             raise ProviderUnreachable(f"connection to {host}:{port} failed: {exc}") from exc
         finally:
             conn.pending.pop(nonce, None)
-        assert isinstance(env.message, TaskResult)
+        if not isinstance(env.message, TaskResult):
+            raise RemoteProtocolError(f"expected a task result, got {type(env.message).__name__}")
         payload = crypto.boxes.open(public_key, env.message.box, max_size=self.max_result)
         result, raw = split_result(payload)
         receipt = None
@@ -467,7 +492,7 @@ class TaskClient:
             receipt = parse_receipt(raw)
             answered = {k: v for k, v in payload.items() if k != "receipt"}
             check_receipt(
-                receipt, provider_key=public_key, requester=crypto.identity.node_id,
+                receipt, provider_key=public_key, requester_key=crypto.identity.public_key,
                 task=nonce, input_hash=digest(dict(data)),
                 output_hash=hashlib.sha256(cbor.encode(answered)).digest(),
                 max_price=max_price if max_price is not None else receipt.price,
@@ -476,6 +501,26 @@ class TaskClient:
             result.receipt = receipt
             raise result
         return TaskReply(result, receipt)
+
+    async def exchange(
+        self, host: str, port: int, public_key: bytes, message: wire.Request,
+        *, timeout: float = 30.0,
+    ) -> wire.Envelope:
+        """Send a non-task request over the task channel; the peer's signed reply."""
+        loop = asyncio.get_running_loop()
+        conn = await self._connection(host, port, public_key, timeout)
+        nonce, frame_bytes = self._crypto.seal(message, DEFAULT_MAX_RESULT)
+        future: asyncio.Future[wire.Envelope] = loop.create_future()
+        conn.pending[nonce] = future
+        conn.writer.write(frame_bytes)
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.writer.drain()
+                return await future
+        except TimeoutError as exc:
+            raise RequestTimeout(f"no reply from {host}:{port} within {timeout:g} s") from exc
+        finally:
+            conn.pending.pop(nonce, None)
 
     async def close(self) -> None:
         for conn in self._connections.values():

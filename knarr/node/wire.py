@@ -58,6 +58,8 @@ class MsgType(IntEnum):
     ERROR = 15
     TASK_REQUEST = 16
     TASK_RESULT = 17
+    SETTLE_PROPOSE = 18
+    SETTLE_REPLY = 19
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -217,11 +219,14 @@ class FindValue(Request):
     """Ask for the records stored under ``key``, from the ``offset``-th on."""
 
     TYPE = MsgType.FIND_VALUE
-    FIELDS = frozenset({"key", "offset", "ro", "pad"})
+    FIELDS = frozenset({"key", "offset", "ro", "pad", "q"})
     key: bytes
     offset: int = 0
     ro: bool = False
     pad: int = 0
+    query: str = ""
+    """What was asked (``"skill:NAME"`` or ``"tag:TAG"``, hashing to ``key``), so the
+    nodes responsible for the key can count demand that nobody serves."""
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"key": self.key}
@@ -231,13 +236,16 @@ class FindValue(Request):
             body["ro"] = True
         if self.pad:
             body["pad"] = bytes(self.pad)
+        if self.query:
+            body["q"] = self.query
         return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> FindValue:
         _only(body, cls.FIELDS)
         return cls(
-            _bytes(body, "key", ID_SIZE), _uint(body, "offset", 0), _flag(body, "ro"), _pad(body)
+            _bytes(body, "key", ID_SIZE), _uint(body, "offset", 0), _flag(body, "ro"),
+            _pad(body), _text(body, "q", 100),
         )
 
 
