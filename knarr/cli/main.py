@@ -46,11 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, structured: bool = False) -> None:
+    """Human log lines, or ``key=value`` lines for servers (``--headless``)."""
+    fmt = (
+        "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"
+        if structured else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr
     )
 
 
@@ -60,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    configure_logging(getattr(args, "log_level", "WARNING"))
+    configure_logging(
+        getattr(args, "log_level", "WARNING"), structured=getattr(args, "headless", False)
+    )
     try:
         return int(asyncio.run(args.run(args)) or 0)
     except KnarrError as exc:

@@ -39,17 +39,41 @@ def add_parser(sub: Any) -> None:
         help='comma-separated host:port peers (default: from config); "" for none',
     )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.add_argument(
+        "--data-dir",
+        help="keep knarr.toml, the database, assets and the cockpit socket in this folder",
+    )
+    p.add_argument(
+        "--headless", action="store_true",
+        help="for servers: no banner, structured log lines only (the cockpit is always on)",
+    )
+    p.add_argument(
+        "--cockpit", type=int, metavar="PORT",
+        help="also serve the cockpit on 127.0.0.1:PORT (bearer token in the data folder)",
+    )
     p.set_defaults(run=run)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """The config file (if any) with command-line flags applied on top."""
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
     if args.config:
         config = load_config(args.config)
-    elif Path("knarr.toml").is_file():
+    elif data_dir is not None and (data_dir / "knarr.toml").is_file():
+        config = load_config(data_dir / "knarr.toml")
+    elif data_dir is None and Path("knarr.toml").is_file():
         config = load_config("knarr.toml")
     else:
         config = default_config()
+        if data_dir is not None:
+            config = dataclasses.replace(
+                config, base_dir=data_dir.absolute(),
+                sidecar=dataclasses.replace(
+                    config.sidecar, asset_dir=data_dir.absolute() / "assets"
+                ),
+            )
     node = config.node
     changes: dict[str, Any] = {}
     if args.port is not None:
@@ -88,6 +112,15 @@ def detect_advertise_host(bind_host: str, bootstrap: list[tuple[str, int]]) -> s
     return "127.0.0.1"
 
 
+def _print_field(key: str, value: str) -> None:
+    print(f"{key}: {value}", flush=True)
+
+
+def _log_field(key: str, value: str) -> None:
+    level = logging.WARNING if key == "Warning" else logging.INFO
+    log.log(level, "%s=%s", key.lower().replace(" ", "_").replace("-", "_"), value)
+
+
 def advertise_warning(host: str) -> str | None:
     """Why peers elsewhere may not reach ``host``, if they may not."""
     ip = ipaddress.ip_address(host)
@@ -105,8 +138,15 @@ async def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     node_cfg, net_cfg = config.node, config.network
     storage = node_cfg.storage
-    if storage != ":memory:" and config.path is not None and not os.path.isabs(storage):
-        storage = str(config.resolve_path(storage))
+    if storage != ":memory:" and not os.path.isabs(storage):
+        if args.data_dir and args.storage is None:
+            storage = str(Path(args.data_dir).absolute() / storage)
+        elif config.path is not None:
+            storage = str(config.resolve_path(storage))
+    data_dir = (
+        Path(args.data_dir).absolute() if args.data_dir
+        else Path(storage).absolute().parent if storage != ":memory:" else Path.cwd()
+    )
     bootstrap = list(net_cfg.bootstrap)
     resolved = [parse_hostport(b, source="bootstrap") for b in bootstrap]
     handlers = load_handlers(config)  # a bad handler fails before anything listens
@@ -123,24 +163,29 @@ async def run(args: argparse.Namespace) -> int:
         settings=settings, max_task_timeout=node_cfg.max_task_timeout,
         sidecar_port=sidecar or None, asset_dir=config.sidecar.asset_dir,
         max_asset_size=node_cfg.max_asset_size, economy=config.economy,
+        cockpit_dir=data_dir, cockpit_port=args.cockpit,
     )
+    say = _log_field if args.headless else _print_field
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
-        print(f"Node ID: {node.node_id}")
-        print(f"Listening: {node_cfg.host}:{node.port}")
+        say("Node ID", node.node_id)
+        say("Listening", f"{node_cfg.host}:{node.port}")
         if node.sidecar_port and node.assets is not None:
             where = f"{node_cfg.host}:{node.sidecar_port}"
-            print(f"Sidecar: {where} (assets in {node.assets.directory})")
+            say("Sidecar", f"{where} (assets in {node.assets.directory})")
         label = "Advertise" if node_cfg.advertise_host else "Auto-detected advertise"
-        print(f"{label} address: {advertise}")
+        say(f"{label} address", advertise)
+        if node.cockpit is not None:
+            say("Cockpit", str(node.cockpit.socket_path) + (
+                f" and 127.0.0.1:{node.cockpit.port}" if args.cockpit is not None else ""))
         if not node_cfg.advertise_host:
             warning = advertise_warning(advertise)
             if warning:
-                print(f"Warning: {warning}")
+                say("Warning", warning)
         if bootstrap:
             try:
                 size = await node.join(bootstrap)
@@ -152,8 +197,9 @@ async def run(args: argparse.Namespace) -> int:
             skill = config.skills[name]
             await node.announce(sheet_of(skill))
             where = "local only" if skill.visibility == "private" else skill.visibility
-            print(f"Serving skill: {name} ({where})")
-        print(flush=True)
+            say("Serving skill", f"{name} ({where})")
+        if not args.headless:
+            print(flush=True)
         await stop.wait()
         log.info("shutting down: %d tasks in flight", node.tasks.inflight)
     finally:

@@ -194,6 +194,7 @@ class Dht:
         self.on_unmet: Callable[[str, str], None] | None = None
         """Called with (kind, name) when a FIND_VALUE for a key we answer finds nothing."""
         self.on_contact: Callable[[Contact, AddResult], None] | None = None
+        self.on_contact_lost: Callable[[Contact], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -437,6 +438,8 @@ class Dht:
         """A contact did not answer. If the table drops it, keep it as dormant: after a
         partition heals, pinging dormant contacts is how the two sides find each other."""
         if self.table.failed(contact.node_id, max_failures=max_failures):
+            if self.on_contact_lost is not None:
+                self.on_contact_lost(contact)
             self._dormant[contact.node_id] = contact
             self._dormant.move_to_end(contact.node_id)
             while len(self._dormant) > 4 * self.settings.k:

@@ -221,9 +221,13 @@ class CreditBooks:
     """The provider's side of the task server's :class:`Accounting`: credit holds for
     tasks in flight, so concurrent requests cannot overrun a requester's limit."""
 
-    def __init__(self, ledger: Ledger, limit_for: Callable[[str], float]) -> None:
+    def __init__(
+        self, ledger: Ledger, limit_for: Callable[[str], float],
+        on_booked: Callable[[Receipt], object] | None = None,
+    ) -> None:
         self.ledger = ledger
         self.limit_for = limit_for
+        self.on_booked = on_booked
         self._held: dict[str, int] = {}
 
     def reserve(self, requester: bytes, price: int) -> None:
@@ -247,4 +251,5 @@ class CreditBooks:
             self._held.pop(peer, None)
 
     def book(self, receipt: Receipt) -> None:
-        self.ledger.record(receipt, role="provided")
+        if self.ledger.record(receipt, role="provided") and self.on_booked is not None:
+            self.on_booked(receipt)

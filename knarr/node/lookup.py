@@ -222,6 +222,10 @@ class RttEstimator:
     def _est(self, peer: Hashable) -> tuple[float, float]:
         return self._peers.get(peer, self._all)
 
+    def srtt(self, peer: Hashable) -> float:
+        """The smoothed round-trip estimate for ``peer``, in seconds."""
+        return self._est(peer)[0]
+
     def timeout(self, peer: Hashable) -> float:
         """Give up: well past the usual round trip even when it has been steady."""
         srtt, rttvar = self._est(peer)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import json
 import logging
 import os
 import socket
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knarr.config import EconomyConfig, parse_hostport
@@ -32,14 +35,17 @@ from knarr.errors import (
 )
 
 if TYPE_CHECKING:
+    from knarr.node.cockpit import Cockpit
     from knarr.node.sidecar import Sidecar
 from knarr.node.assets import AssetError, AssetStore, TaskContext, asset_refs
 from knarr.node.contact import Contact, pack_ip
 from knarr.node.dht import Dht, DhtSettings
 from knarr.node.economy import InvalidReceipt, Receipt, Statement, rank, to_micro
+from knarr.node.events import EventLog
 from knarr.node.identity import Identity
 from knarr.node.ledger import CreditBooks, Ledger
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
+from knarr.node.routing import AddResult, bucket_index
 from knarr.node.settlement import SettlementDesk, SettlementRefused, SettlePropose, SettleReply
 from knarr.node.store import Store
 from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
@@ -109,6 +115,8 @@ class Node:
         identity: Identity | None = None,
         max_task_timeout: float = 3600.0,
         economy: EconomyConfig | None = None,
+        cockpit_dir: str | os.PathLike[str] | None = None,
+        cockpit_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -133,13 +141,24 @@ class Node:
         self.tasks = TaskServer(
             sealer, policy=self._policies.get, run=self._run_remote,
             max_task_timeout=max_task_timeout, max_frame=self._max_frame,
-            accounting=CreditBooks(self.ledger, (economy or EconomyConfig()).limit_for),
+            accounting=CreditBooks(
+                self.ledger, (economy or EconomyConfig()).limit_for,
+                on_booked=lambda r: self.events.emit("task.provided", **r.to_dict()),
+            ),
         )
         self.client = TaskClient(sealer)
         self.settlements = SettlementDesk(self.identity, self.ledger, entropy)
         self.tasks.on_request = self._on_request
         self.tasks.answers = (SettlePropose,)
-        self.dht.on_unmet = self.ledger.count_demand
+        self.events = EventLog(clock=clock)
+        self.dht.on_unmet = self._unmet
+        self.dht.on_contact = self._contact_added
+        self.dht.on_contact_lost = self._contact_lost
+        self._discovered: OrderedDict[tuple[bytes, str], SkillRecord] = OrderedDict()
+        self._sheets: dict[str, dict[str, Any]] = {}
+        self.cockpit: Cockpit | None = None
+        self._cockpit_dir = Path(cockpit_dir) if cockpit_dir is not None else None
+        self._cockpit_port = cockpit_port
         self._maintenance: asyncio.Task[None] | None = None
         self._started = False
 
@@ -175,7 +194,13 @@ class Node:
             self.sidecar = Sidecar(self.identity, self.assets, clock=self.clock)
             assert self._sidecar_wanted is not None
             self.sidecar_port = await self.sidecar.start(self.host, self._sidecar_wanted)
+        if self._cockpit_dir is not None:
+            from knarr.node.cockpit import Cockpit  # aiohttp only when the cockpit is on
+
+            self.cockpit = Cockpit(self, self._cockpit_dir, port=self._cockpit_port)
+            await self.cockpit.start()
         self._started = True
+        self.events.emit("node.started", node_id=self.node_id, port=self.port)
         log.info("node %s listening on %s:%d", self.node_id[:16], *bound)
         saved = self._saved_peers()
         if saved:
@@ -250,8 +275,11 @@ class Node:
             self.store.close()
             return
         self._started = False
+        self.events.emit("node.stopping", inflight=self.tasks.inflight)
         await self.tasks.stop(grace=grace)
         await self.client.close()
+        if self.cockpit is not None:
+            await self.cockpit.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
         if self._maintenance is not None:
@@ -270,6 +298,10 @@ class Node:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._started
 
     def _check_started(self) -> None:
         if not self._started:
@@ -356,6 +388,7 @@ class Node:
         self._check_started()
         frozen = dict(sheet)
         record = self._sign(frozen)
+        self._sheets[record.name] = frozen
         self._policies[record.name] = SkillPolicy(
             visibility=str(sheet.get("visibility", "public")),
             allowed_nodes=frozenset(str(n).lower() for n in sheet.get("allowed_nodes", ())),
@@ -368,6 +401,8 @@ class Node:
         else:
             stored = await self.dht.publish(record, lambda: self._sign(frozen))
             log.info("announced %s (%d stores)", record.name, stored)
+        self.events.emit("skill.announced", name=record.name, visibility=record.visibility,
+                         price=record.price)
         return record
 
     def _sign(self, sheet: dict[str, Any]) -> SkillRecord:
@@ -417,10 +452,83 @@ class Node:
                 query=f"tag:{tag}",
             )
         if not result.records:
-            self.ledger.count_demand("skill" if name is not None else "tag", name or tag or "")
+            self._unmet("skill" if name is not None else "tag", name or tag or "")
+        for record in result.records:
+            if record.slot not in self._discovered:
+                self.events.emit("skill.discovered", **record.to_dict())
+            self._discovered[record.slot] = record
+            self._discovered.move_to_end(record.slot)
+            while len(self._discovered) > 2000:
+                self._discovered.popitem(last=False)
         return rank(result.records, self.ledger.reputation(), key=lambda r: r.provider_id.hex())
 
 
+
+    # ------------------------------------------------------------------ state and events
+
+    def _book(self, receipt: Receipt, role: str) -> None:
+        if self.ledger.record(receipt, role=role):
+            self.events.emit(f"task.{role}", **receipt.to_dict())
+
+    def _unmet(self, kind: str, name: str) -> None:
+        self.ledger.count_demand(kind, name)
+        self.events.emit("demand", kind=kind, name=name)
+
+    def _contact_added(self, contact: Contact, result: AddResult) -> None:
+        if result is AddResult.ADDED:
+            self.events.emit(
+                "peer.added", node_id=contact.node_id.hex(), host=contact.host,
+                port=contact.port,
+                bucket=bucket_index(self.identity.node_id, contact.node_id),
+            )
+
+    def _contact_lost(self, contact: Contact) -> None:
+        self.events.emit("peer.removed", node_id=contact.node_id.hex(), host=contact.host,
+                         port=contact.port)
+
+    def local_skills(self) -> list[dict[str, Any]]:
+        """Skills registered here, with their announced sheet if any."""
+        out = []
+        for name in sorted(self._skills):
+            sheet = self._sheets.get(name, {})
+            policy = self._policies.get(name)
+            out.append({
+                "name": name,
+                "announced": name in self._sheets,
+                "visibility": policy.visibility if policy else "local",
+                "price": policy.price if policy else 0.0,
+                "description": sheet.get("description", ""),
+                "tags": list(sheet.get("tags", [])),
+                "input_schema": dict(sheet.get("input_schema", {})),
+                "output_schema": dict(sheet.get("output_schema", {})),
+            })
+        return out
+
+    def discovered(self) -> list[SkillRecord]:
+        """Provider records this node has found or stores for the network."""
+        seen = dict(self._discovered)
+        now = int(self.clock())
+        for key in self.dht.records.keys():
+            for record in self.dht.records.get(key, now_s=now):
+                seen.setdefault(record.slot, record)
+        return sorted(seen.values(), key=lambda r: (r.name, r.provider_id))
+
+    def record_journal(self, kind: str, event: str, data: Mapping[str, Any]) -> None:
+        """Keep an event the operator should see later (a watchman restart, a recipe
+        firing) in the database, and stream it."""
+        payload = {k: v for k, v in data.items() if k != "event"}
+        self.store.execute(
+            "INSERT INTO journal(kind, time, event, data) VALUES(?, ?, ?, ?)",
+            (kind, self.clock(), event, json.dumps(payload, default=str)),
+        )
+        self.events.emit(kind, event=event, **payload)
+
+    def journal(self, kind: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self.store.execute(
+            "SELECT id, time, event, data FROM journal WHERE kind = ? ORDER BY id DESC LIMIT ?",
+            (kind, limit),
+        )
+        return [{"id": r[0], "time": r[1], "event": r[2], **json.loads(r[3])} for r in rows]
 
     # ------------------------------------------------------------------ settlement
 
@@ -454,6 +562,8 @@ class Node:
         if not isinstance(env.message, SettleReply):
             raise RemoteProtocolError("the peer answered a settlement with something else")
         self.settlements.conclude(proposal, env.message, key)
+        self.events.emit("settlement", peer=peer, amount=proposal.statement.amount / 1e6,
+                         id=proposal.statement.id.hex())
         return proposal.statement
 
     async def request(
@@ -496,7 +606,7 @@ class Node:
                 )
             except TaskError as exc:
                 if isinstance(exc.receipt, Receipt):
-                    self.ledger.record(exc.receipt, role="consumed")
+                    self._book(exc.receipt, "consumed")
                 if exc.code not in CALLER_FAULTS:
                     kind = "timeout" if isinstance(exc, TaskTimedOut) else "failed"
                     self.ledger.observe(provider, kind)
@@ -513,7 +623,7 @@ class Node:
                 last = exc
             else:
                 if reply.receipt is not None:
-                    self.ledger.record(reply.receipt, role="consumed")
+                    self._book(reply.receipt, "consumed")
                 self.ledger.observe(provider, "completed", (loop.time() - started) * 1000)
                 return record, reply.output
             log.info("provider %s failed for %s: %s", record.provider_id.hex()[:16], skill, last)

@@ -87,6 +87,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (kind, name)
     );
     """,
+    # 3: a journal of what the operator should see later: recipe firings, watchman events.
+    """
+    CREATE TABLE journal (
+        id    INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind  TEXT NOT NULL,
+        time  REAL NOT NULL,
+        event TEXT NOT NULL,
+        data  TEXT NOT NULL
+    );
+    CREATE INDEX journal_kind ON journal(kind, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
