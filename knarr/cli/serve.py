@@ -16,9 +16,11 @@ import psutil
 
 from knarr.config import Config, default_config, load_config, parse_hostport
 from knarr.errors import BootstrapFailed, ConfigError
+from knarr.node.bridges import Bridge
 from knarr.node.dht import DhtSettings
 from knarr.node.handlers import load_handlers, sheet_of
 from knarr.node.node import Node, outbound_address
+from knarr.node.upnp import Mapping, MiniupnpcGateway, PortMapper, wants_upnp
 
 log = logging.getLogger("knarr.serve")
 
@@ -37,6 +39,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--bootstrap",
         help='comma-separated host:port peers (default: from config); "" for none',
+    )
+    p.add_argument(
+        "--bridge", action="append", default=[], metavar="COMMAND",
+        help='serve the tools of an MCP server as skills, e.g. "python3 server.py" '
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--bridge-timeout", type=float, default=30.0,
+        help="MCP tool call timeout in seconds for --bridge servers (default: 30)",
     )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     p.add_argument(
@@ -170,6 +181,8 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    bridges: list[Bridge] = []
+    mapper: PortMapper | None = None
     try:
         await node.start()
         say("Node ID", node.node_id)
@@ -186,6 +199,15 @@ async def run(args: argparse.Namespace) -> int:
             warning = advertise_warning(advertise)
             if warning:
                 say("Warning", warning)
+        if net_cfg.upnp and wants_upnp(advertise):
+            mapper = PortMapper(MiniupnpcGateway(), [
+                Mapping(node.port, "UDP"), Mapping(node.port, "TCP"),
+                *([Mapping(node.sidecar_port, "TCP")] if node.sidecar_port else []),
+            ])
+            external = await mapper.start()
+            if external and not node_cfg.advertise_host:
+                node.advertise_host = external
+                say("External address (UPnP)", external)
         if bootstrap:
             try:
                 size = await node.join(bootstrap)
@@ -198,6 +220,14 @@ async def run(args: argparse.Namespace) -> int:
             await node.announce(sheet_of(skill))
             where = "local only" if skill.visibility == "private" else skill.visibility
             say("Serving skill", f"{name} ({where})")
+        if not args.bridge_timeout > 0:
+            raise ConfigError(f"--bridge-timeout: expected seconds > 0, got {args.bridge_timeout}")
+        wanted = dict(config.bridges) | {cmd: args.bridge_timeout for cmd in args.bridge}
+        for command, timeout in wanted.items():
+            bridge = Bridge(command, timeout, node)
+            await bridge.start()
+            bridges.append(bridge)
+            say("Bridge", f"{command} ({', '.join(bridge.skills) or 'no tools'})")
         if not args.headless:
             print(flush=True)
         await stop.wait()
@@ -205,5 +235,9 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        for bridge in bridges:
+            await bridge.stop()
+        if mapper is not None:
+            await mapper.stop()
         await node.stop()
     return 0

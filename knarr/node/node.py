@@ -337,6 +337,15 @@ class Node:
             raise TypeError(f"handler for {name!r} is not callable")
         self._skills[name] = _Skill(handler, _wants_context(handler))
 
+    def unregister(self, name: str) -> None:
+        """Stop serving skill ``name``: no handler, no republishing (its records expire
+        where they are stored; callers meanwhile get "not served here" and move on)."""
+        self._skills.pop(name, None)
+        self._policies.pop(name, None)
+        self._sheets.pop(name, None)
+        self.dht.withdraw(name)
+        self.events.emit("skill.withdrawn", name=name)
+
     @property
     def skills(self) -> list[str]:
         return sorted(self._skills)

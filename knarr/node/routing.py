@@ -120,6 +120,19 @@ class RoutingTable:
         oldest = next(iter(bucket.values()))
         return AddResult.PENDING, oldest.contact
 
+    def wants(self, contact: Contact, now: float, fresh: float) -> bool:
+        """Could an answer from ``contact`` (not in the table) get it in? Only if its
+        bucket has room for it, or the bucket's oldest contact has not been heard from in
+        ``fresh`` seconds (so it may be gone and is worth a ping)."""
+        if contact.node_id == self.own_id or len(contact.node_id) != 32:
+            return False
+        bucket = self._buckets.get(bucket_index(self.own_id, contact.node_id))
+        if not bucket:
+            return True
+        if contact.node_id in bucket or self._subnet_full(bucket.values(), contact.host):
+            return False
+        return len(bucket) < self.k or now - next(iter(bucket.values())).last_seen >= fresh
+
     def seen(self, node_id: bytes, now: float) -> None:
         """A contact in the table answered: it becomes the most recently seen."""
         index = bucket_index(self.own_id, node_id)
