@@ -12,7 +12,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("knarr-test-tools")
-CRASH_AFTER = int(sys.argv[sys.argv.index("--crash-after") + 1]) if "--crash-after" in sys.argv else 0
+_flag = "--crash-after"
+CRASH_AFTER = int(sys.argv[sys.argv.index(_flag) + 1]) if _flag in sys.argv else 0
 calls = 0
 
 
