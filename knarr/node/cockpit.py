@@ -14,6 +14,8 @@ use nothing else.
     POST /v1/call                 {"skill", "input", "timeout"?}: run a skill on the network
     POST /v1/settle               {"peer"}: settle with a peer
     POST /v1/watchman             {"event", ...}: record a supervisor event
+    GET  /v1/mail                 inbox and outbox
+    POST /v1/mail                 {"to", "body", "type"?}: send mail as this node
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class Cockpit:
         r.add_post("/v1/call", self.call)
         r.add_post("/v1/settle", self.settle)
         r.add_post("/v1/watchman", self.record_watchman)
+        r.add_get("/v1/mail", self.mail)
+        r.add_post("/v1/mail", self.send_mail)
         return app
 
     async def start(self) -> None:
@@ -295,6 +299,24 @@ class Cockpit:
             return web.json_response({"status": "nothing-owed"})
         return web.json_response({"status": "settled", "id": statement.id.hex(),
                                   "amount": to_credits(statement.amount)})
+
+    async def mail(self, request: web.Request) -> web.Response:
+        box = self.node.mailbox
+        return web.json_response({"inbox": [m.to_dict() for m in box.inbox()],
+                                  "outbox": box.outbox()})
+
+    async def send_mail(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        to, text, kind = body.get("to"), body.get("body"), body.get("type", "text")
+        if not isinstance(to, str):
+            raise web.HTTPBadRequest(text='{"error": "need to (a node id)"}',
+                                     content_type="application/json")
+        try:
+            mail_id = self.node.send_mail(to, text, kind)
+        except KnarrError as exc:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}),
+                                     content_type="application/json") from None
+        return web.json_response({"status": "queued", "id": mail_id})
 
     async def record_watchman(self, request: web.Request) -> web.Response:
         body = await self._json(request)

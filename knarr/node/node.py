@@ -44,6 +44,14 @@ from knarr.node.economy import InvalidReceipt, Receipt, Statement, rank, to_micr
 from knarr.node.events import EventLog
 from knarr.node.identity import Identity
 from knarr.node.ledger import CreditBooks, Ledger
+from knarr.node.mail import (
+    MAX_BODY,
+    MailAck,
+    Mailbox,
+    MailError,
+    MailMessage,
+    open_payload,
+)
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
 from knarr.node.routing import AddResult, bucket_index
 from knarr.node.settlement import SettlementDesk, SettlementRefused, SettlePropose, SettleReply
@@ -51,7 +59,7 @@ from knarr.node.store import Store
 from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
 from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes, TaskRefusal
 from knarr.node.transport import Addr, DatagramNetwork
-from knarr.node.wire import Envelope, Reply
+from knarr.node.wire import Envelope, Ping, Reply
 
 log = logging.getLogger("knarr.node")
 
@@ -147,9 +155,14 @@ class Node:
             ),
         )
         self.client = TaskClient(sealer)
+        self._sealer = sealer
+        self.mailbox = Mailbox(self.store, clock)
+        self._mail_wakeup = asyncio.Event()
+        self._mail_task: asyncio.Task[None] | None = None
+        self._peer_keys: dict[bytes, bytes] = {}
         self.settlements = SettlementDesk(self.identity, self.ledger, entropy)
         self.tasks.on_request = self._on_request
-        self.tasks.answers = (SettlePropose,)
+        self.tasks.answers = (SettlePropose, MailMessage)
         self.events = EventLog(clock=clock)
         self.dht.on_unmet = self._unmet
         self.dht.on_contact = self._contact_added
@@ -212,6 +225,7 @@ class Node:
         self._maintenance = asyncio.create_task(
             self.dht.run_maintenance(on_tick=self._save_peers), name="knarr-maintenance"
         )
+        self._mail_task = asyncio.create_task(self._deliver_mail(), name="knarr-mail")
 
     async def _bind_both(self) -> Addr:
         """UDP (DHT) and TCP (tasks) on the same port number; with port 0, one the OS
@@ -282,12 +296,13 @@ class Node:
             await self.cockpit.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            try:
-                await self._maintenance
-            except asyncio.CancelledError:
-                pass
+        for task in (self._maintenance, self._mail_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._save_peers()
         self.dht.close()
         self.store.close()
@@ -539,9 +554,87 @@ class Node:
         )
         return [{"id": r[0], "time": r[1], "event": r[2], **json.loads(r[3])} for r in rows]
 
+    # ------------------------------------------------------------------ mail
+
+    def send_mail(self, node_id: str, body: Any, msg_type: str = "text") -> str:
+        """Queue a mail to ``node_id``; it is delivered (and retried with backoff while
+        the recipient is away) in the background. Returns the mail id."""
+        try:
+            peer = bytes.fromhex(node_id)
+        except ValueError:
+            peer = b""
+        if len(peer) != 32:
+            raise MailError(f"not a node id (64 hex characters): {node_id[:80]!r}")
+        mail_id = self.dht.entropy(16).hex()
+        self.mailbox.queue(mail_id, node_id.lower(), msg_type, body)
+        self.events.emit("mail.queued", id=mail_id, to=node_id.lower(), type=msg_type)
+        self._mail_wakeup.set()
+        return mail_id
+
+    async def _peer_key(self, peer: bytes) -> tuple[Contact, bytes]:
+        """Where a node listens and its public key: a DHT lookup of its id, then a PING
+        whose signed reply carries the key (checked against the id)."""
+        found = await self.dht.lookup(peer)
+        contact = next((c for c in found.closest if c.node_id == peer), None)
+        if contact is None:
+            raise NetworkError(f"node {peer.hex()[:16]}… is not on the network")
+        key = self._peer_keys.get(peer)
+        if key is None:
+            env = await self.dht.call(contact.addr, Ping(), expect=peer)
+            key = self._peer_keys[peer] = env.public_key
+        return contact, key
+
+    async def _deliver(self, mail_id: str, recipient: str, msg_type: str, body: str) -> None:
+        contact, key = await self._peer_key(bytes.fromhex(recipient))
+        payload = {"type": msg_type, "body": body, "sent": self.clock()}
+        box = self._sealer.boxes.seal(key, payload, self.dht.entropy(24))
+        env = await self.client.exchange(
+            contact.host, contact.port, key, MailMessage(bytes.fromhex(mail_id), box),
+            timeout=10,
+        )
+        if not isinstance(env.message, MailAck) or not env.message.ok:
+            raise NetworkError("the recipient refused the mail")
+
+    async def _deliver_mail(self) -> None:
+        """Deliver due mail until cancelled; sleeps until the next retry is due."""
+        while True:
+            for mail_id, recipient, msg_type, body, attempts in self.mailbox.due():
+                try:
+                    await self._deliver(mail_id, recipient, msg_type, body)
+                except (KnarrError, OSError) as exc:
+                    delay = self.mailbox.failed(mail_id, attempts, str(exc))
+                    log.info("mail %s to %s…: %s; retrying in %.0f s", mail_id[:8],
+                             recipient[:12], exc, delay)
+                    continue
+                self.mailbox.delivered(mail_id)
+                self.events.emit("mail.delivered", id=mail_id, to=recipient)
+            next_due = self.mailbox.next_due()
+            wait = 30.0 if next_due is None else max(0.0, min(30.0, next_due - self.clock()))
+            self._mail_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._mail_wakeup.wait(), wait)
+            except TimeoutError:
+                pass
+
+    def _receive_mail(self, env: Envelope, message: MailMessage) -> MailAck:
+        try:
+            payload = self._sealer.boxes.open(env.public_key, message.box,
+                                              max_size=MAX_BODY + 1024)
+            msg_type, body, sent = open_payload(payload)
+        except (RemoteProtocolError, MailError, ValueError) as exc:
+            log.info("refused mail from %s…: %s", env.sender_id.hex()[:12], exc)
+            return MailAck(env.nonce, False)
+        sender = env.sender_id.hex()
+        if self.mailbox.receive(message.id.hex(), sender, msg_type, body, sent):
+            self.events.emit("mail.received", id=message.id.hex(), sender=sender,
+                             type=msg_type, body=body)
+        return MailAck(env.nonce, True)
+
     # ------------------------------------------------------------------ settlement
 
     async def _on_request(self, env: Envelope) -> Reply | None:
+        if isinstance(env.message, MailMessage):
+            return self._receive_mail(env, env.message)
         if isinstance(env.message, SettlePropose):
             try:
                 return self.settlements.answer(env.public_key, env.nonce, env.message)

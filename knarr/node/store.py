@@ -98,6 +98,29 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX journal_kind ON journal(kind, id);
     """,
+    # 4: agent mail: an outbox retried until acknowledged, and an inbox deduplicated by id.
+    """
+    CREATE TABLE mail_out (
+        id         TEXT PRIMARY KEY,
+        recipient  TEXT NOT NULL,
+        type       TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        created    REAL NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_try   REAL NOT NULL,
+        delivered  REAL,
+        last_error TEXT
+    );
+    CREATE INDEX mail_out_due ON mail_out(delivered, next_try);
+    CREATE TABLE mail_in (
+        id       TEXT PRIMARY KEY,
+        sender   TEXT NOT NULL,
+        type     TEXT NOT NULL,
+        body     TEXT NOT NULL,
+        sent     REAL NOT NULL,
+        received REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

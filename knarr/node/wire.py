@@ -60,6 +60,8 @@ class MsgType(IntEnum):
     TASK_RESULT = 17
     SETTLE_PROPOSE = 18
     SETTLE_REPLY = 19
+    MAIL = 20
+    MAIL_ACK = 21
 
 
 # ----------------------------------------------------------------------------- bodies
