@@ -31,7 +31,7 @@ def __getattr__(name: str) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from knarr.cli import books, client, init, mail, serve
+    from knarr.cli import books, client, console, init, mail, serve
 
     parser = argparse.ArgumentParser(
         prog="knarr",
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     client.add_parsers(sub)
     books.add_parsers(sub)
+    console.add_parser(sub)
     mail.add_parsers(sub)
     return parser
 

@@ -28,7 +28,7 @@ from knarr.errors import (
     RequestTimeout,
 )
 from knarr.node import cbor, wire
-from knarr.node.contact import ID_SIZE, Contact, is_loopback, pack_ip
+from knarr.node.contact import ID_BITS, ID_SIZE, Contact, is_loopback, pack_ip
 from knarr.node.identity import Identity
 from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.ratelimit import RateLimiter
@@ -112,6 +112,8 @@ class DhtSettings:
     rate_limit: float = 200.0
     rate_burst: float = 400.0
     refresh_interval: float = 900.0
+    fresh_interval: float = 600.0  # a contact heard from this recently is not pinged to
+    # make room for a newcomer, and a newcomer is not pinged to offer it a full bucket
     maintenance_interval: float = 60.0
     record_ttl: int = 3600
     republish_interval: float = 1800.0
@@ -369,10 +371,13 @@ class Dht:
             reply = Error(env.nonce, ErrorCode.BAD_REQUEST, "unsupported request")
         budget = _REPLY_BUDGET if addr in self._proven else AMPLIFICATION * size
         self._reply(reply, addr, budget)
-        if not message.ro and sender.node_id not in self.table:
+        if message.ro:
+            return
+        now = asyncio.get_running_loop().time()
+        if sender.node_id in self.table:
+            self.table.seen(sender.node_id, now)
+        elif self.table.wants(sender, now, self.settings.fresh_interval):
             self._probe(sender)
-        elif not message.ro:
-            self.table.seen(sender.node_id, asyncio.get_running_loop().time())
 
     def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
         contacts = self.table.closest(target, exclude=sender.node_id)
@@ -432,7 +437,9 @@ class Dht:
         if self.on_contact is not None and result in (AddResult.ADDED, AddResult.PENDING):
             self.on_contact(contact, result)
         if result is AddResult.PENDING and oldest is not None:
-            self._probe(oldest, evict_on_failure=True)
+            entry = self.table.get(oldest.node_id)
+            if entry is not None and now - entry.last_seen >= self.settings.fresh_interval:
+                self._probe(oldest, evict_on_failure=True)
 
     def _failed(self, contact: Contact, *, max_failures: int = 2) -> None:
         """A contact did not answer. If the table drops it, keep it as dormant: after a
@@ -749,13 +756,37 @@ class Dht:
         return len(self.table)
 
     async def refresh(self) -> int:
-        """Look up a random id in every bucket nobody has touched lately."""
-        now = asyncio.get_running_loop().time()
-        stale = self.table.stale_buckets(now, self.settings.refresh_interval)
+        """Kademlia's bucket refresh: find peers for the buckets nobody touched lately.
+
+        If a stale bucket lies in our neighbourhood (no farther than our k-th closest
+        contact), one lookup of our own id refreshes the whole neighbourhood: once it has
+        found the k closest nodes, no bucket nearer than the k-th of them can hold anyone
+        it did not see. Every other stale bucket gets a lookup of a random id in it.
+        Returns the number of lookups made."""
+        loop = asyncio.get_running_loop()
+        own = self.identity.node_id
+        k = self.settings.k
+        interval = self.settings.refresh_interval
+        stale = self.table.stale_buckets(loop.time(), interval)
+        if not stale:
+            return 0
+        lookups = 0
+        known = self.table.closest(own, k)
+        if len(known) < k or stale[0] <= bucket_index(own, known[-1].node_id):
+            found = await self.lookup(own)
+            lookups += 1
+            complete = ID_BITS - 1
+            if len(found.closest) >= k:
+                complete = bucket_index(own, found.closest[-1].node_id)
+            now = loop.time()
+            for index in range(complete + 1):
+                self.table.touch(index, now)
+            stale = self.table.stale_buckets(now, interval)
         for index in stale:
-            target = random_id_in_bucket(self.identity.node_id, index, self.entropy(32))
+            target = random_id_in_bucket(own, index, self.entropy(32))
             await self.lookup(target)
-        return len(stale)
+            lookups += 1
+        return lookups
 
     def contacts_for(self, target: bytes) -> list[Contact]:
         return self.table.closest(target)

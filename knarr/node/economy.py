@@ -141,7 +141,8 @@ def parse_receipt(raw: bytes) -> Receipt:
         and isinstance(body["req"], bytes) and len(body["req"]) == 32
         and isinstance(body["in"], bytes) and len(body["in"]) == 32
         and isinstance(body["out"], bytes) and len(body["out"]) == 32
-        and type(body["t"]) is int and type(body["ms"]) is int and body["ms"] >= 0
+        and type(body["t"]) is int and body["t"] >= 0
+        and type(body["ms"]) is int and body["ms"] >= 0
         and body["outcome"] in OUTCOMES
     )
     if not ok:
@@ -161,6 +162,8 @@ def check_receipt(
     input_hash: bytes,
     output_hash: bytes,
     max_price: int,
+    skill: str | None = None,
+    completed: bool | None = None,
 ) -> None:
     """A requester's checks: the receipt is for this task, from this provider, for the
     input we sent and the output we got, at no more than the advertised price."""
@@ -171,6 +174,9 @@ def check_receipt(
         (receipt.input_hash != input_hash, "for another input"),
         (receipt.output_hash != output_hash, "for another output"),
         (receipt.price > max_price, "charging more than the advertised price"),
+        (skill is not None and receipt.skill != skill, "for another skill"),
+        (completed is not None and (receipt.outcome == "completed") != completed,
+         "contradicting the result it came with"),
     ]
     for bad, why in problems:
         if bad:
@@ -268,6 +274,10 @@ class Statement:
 
     @classmethod
     def from_wire(cls, body: Any) -> Statement:
+        if not isinstance(body, dict) or body.keys() != {
+            "id", "cr", "db", "amount", "receipts", "count"
+        }:
+            raise InvalidReceipt("settlement statement is incomplete or has unexpected fields")
         try:
             s = cls(body["id"], body["cr"], body["db"], body["amount"], body["receipts"],
                     body["count"])

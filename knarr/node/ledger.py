@@ -131,18 +131,20 @@ class Ledger:
         )
         return [str(r[0]) for r in rows]
 
-    def settlement_view(self, peer: str) -> tuple[int, bytes, int]:
-        """(balance with ``peer`` over unsettled receipts, their hash, how many)."""
-        ids = self.unsettled(peer)
-        rows = self.store.execute(
-            "SELECT COALESCE(SUM(CASE role WHEN 'provided' THEN charged ELSE -charged END), 0)"
-            " FROM receipts WHERE peer = ? AND settlement IS NULL AND charged > 0",
-            (peer,),
-        )
-        return int(rows[0][0]), receipts_hash(ids), len(ids)
+    def settlement_view(self, peer: str) -> tuple[int, bytes, list[str]]:
+        """(balance with ``peer`` over unsettled receipts, their hash, their ids), read in
+        one transaction so the three agree."""
+        with self.store.transaction():
+            ids = self.unsettled(peer)
+            rows = self.store.execute(
+                "SELECT COALESCE(SUM(CASE role WHEN 'provided' THEN charged ELSE -charged END),"
+                " 0) FROM receipts WHERE peer = ? AND settlement IS NULL AND charged > 0",
+                (peer,),
+            )
+        return int(rows[0][0]), receipts_hash(ids), ids
 
     def settle(self, statement: Statement, *, peer: str, our_sig: bytes,
-               their_sig: bytes, we_are_creditor: bool) -> bool:
+               their_sig: bytes, we_are_creditor: bool, ids: list[str] | None = None) -> bool:
         """Book an agreed settlement: the peer's balance over the covered receipts goes to
         zero and the receipts are marked. False if already booked."""
         sid = statement.id.hex()
@@ -151,7 +153,8 @@ class Ledger:
         with self.store.transaction():
             if self.store.execute("SELECT 1 FROM settlements WHERE id = ?", (sid,)):
                 return False
-            ids = self.unsettled(peer)
+            if ids is None:
+                ids = self.unsettled(peer)
             if receipts_hash(ids) != statement.receipts:
                 raise ValueError("the receipts changed since the settlement was agreed")
             self.store.execute(

@@ -32,6 +32,10 @@ class MailError(KnarrError):
     """A mail cannot be sent (too large, bad recipient)."""
 
 
+class MailRefused(MailError):
+    """The recipient read the mail and refused it; retrying would not help."""
+
+
 @dataclass(frozen=True, slots=True)
 class MailMessage(Request):
     """One sealed mail: ``box`` holds ``{"type", "body", "sent"}``."""
@@ -64,6 +68,8 @@ class MailAck(Reply):
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> MailAck:
         _only(body, cls.FIELDS)
+        if "ok" not in body:
+            raise MistypedMessage("field 'ok' is required")
         return cls(_bytes(body, "re", NONCE_SIZE), _flag(body, "ok"))
 
 
@@ -156,10 +162,19 @@ class Mailbox:
         )
         return delay
 
+    def give_up(self, mail_id: str, error: str) -> None:
+        """Stop retrying a mail (it stays in the outbox with the reason)."""
+        self.store.execute(
+            "UPDATE mail_out SET next_try = 1e18, last_error = ? WHERE id = ?",
+            (error[:300], mail_id),
+        )
+
     def receive(self, mail_id: str, sender: str, msg_type: str, body: Any, sent: float) -> bool:
         """Keep a mail once; False if this id was already received."""
         with self.store.transaction():
-            if self.store.execute("SELECT 1 FROM mail_in WHERE id = ?", (mail_id,)):
+            if self.store.execute(
+                "SELECT 1 FROM mail_in WHERE id = ? AND sender = ?", (mail_id, sender)
+            ):
                 return False
             self.store.execute(
                 "INSERT INTO mail_in(id, sender, type, body, sent, received)"

@@ -50,6 +50,7 @@ from knarr.node.mail import (
     Mailbox,
     MailError,
     MailMessage,
+    MailRefused,
     open_payload,
 )
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
@@ -156,6 +157,7 @@ class Node:
         )
         self.client = TaskClient(sealer)
         self._sealer = sealer
+        self.client.on_late_receipt = lambda r: self._book(r, "consumed")
         self.mailbox = Mailbox(self.store, clock)
         self._mail_wakeup = asyncio.Event()
         self._mail_task: asyncio.Task[None] | None = None
@@ -592,8 +594,10 @@ class Node:
             contact.host, contact.port, key, MailMessage(bytes.fromhex(mail_id), box),
             timeout=10,
         )
-        if not isinstance(env.message, MailAck) or not env.message.ok:
-            raise NetworkError("the recipient refused the mail")
+        if not isinstance(env.message, MailAck):
+            raise NetworkError("the recipient answered the mail with something else")
+        if not env.message.ok:
+            raise MailRefused("the recipient refused the mail")
 
     async def _deliver_mail(self) -> None:
         """Deliver due mail until cancelled; sleeps until the next retry is due."""
@@ -601,6 +605,10 @@ class Node:
             for mail_id, recipient, msg_type, body, attempts in self.mailbox.due():
                 try:
                     await self._deliver(mail_id, recipient, msg_type, body)
+                except MailRefused as exc:
+                    self.mailbox.give_up(mail_id, str(exc))
+                    self.events.emit("mail.refused", id=mail_id, to=recipient)
+                    continue
                 except (KnarrError, OSError) as exc:
                     delay = self.mailbox.failed(mail_id, attempts, str(exc))
                     log.info("mail %s to %s…: %s; retrying in %.0f s", mail_id[:8],

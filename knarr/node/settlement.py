@@ -72,11 +72,13 @@ class SettleReply(Reply):
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> SettleReply:
         _only(body, cls.FIELDS)
+        if "ok" not in body:
+            raise MistypedMessage("field 'ok' is required")
         ok = _flag(body, "ok")
         if ok:
             return cls(_bytes(body, "re", NONCE_SIZE), True, _bytes(body, "sig", 64))
         amount, count = body.get("amount", 0), body.get("count", 0)
-        if type(amount) is not int or type(count) is not int:
+        if type(amount) is not int or type(count) is not int or count < 0:
             raise MistypedMessage("settlement view must be integers")
         return cls(_bytes(body, "re", NONCE_SIZE), False, b"", _text(body, "why"), amount, count)
 
@@ -94,16 +96,19 @@ class SettlementDesk:
         self.identity = identity
         self.ledger = ledger
         self.entropy = entropy
+        self._proposed: dict[bytes, list[str]] = {}
 
     def propose(self, peer: bytes) -> SettlePropose | None:
         """A signed proposal over our unsettled receipts with ``peer`` (a node id), or
         ``None`` when they net to zero."""
-        balance, receipts, count = self.ledger.settlement_view(peer.hex())
+        balance, receipts, ids = self.ledger.settlement_view(peer.hex())
         if balance == 0:
             return None
         me = self.identity.node_id
         creditor, debtor = (me, peer) if balance > 0 else (peer, me)
-        statement = Statement(self.entropy(16), creditor, debtor, abs(balance), receipts, count)
+        statement = Statement(self.entropy(16), creditor, debtor, abs(balance), receipts,
+                              len(ids))
+        self._proposed[statement.id] = ids
         return SettlePropose(statement, self.identity.sign(statement.encode()))
 
     def answer(self, proposer_key: bytes, nonce: bytes, proposal: SettlePropose) -> SettleReply:
@@ -114,7 +119,8 @@ class SettlementDesk:
         if {statement.creditor, statement.debtor} != {proposer, me}:
             return SettleReply(nonce, False, why="the statement is not between us")
         statement.verify(proposer_key, proposal.signature)
-        balance, receipts, count = self.ledger.settlement_view(proposer.hex())
+        balance, receipts, ids = self.ledger.settlement_view(proposer.hex())
+        count = len(ids)
         ours = balance if statement.creditor == me else -balance
         if ours != statement.amount or receipts != statement.receipts:
             return SettleReply(
@@ -127,18 +133,19 @@ class SettlementDesk:
         signature = self.identity.sign(statement.encode())
         self.ledger.settle(
             statement, peer=proposer.hex(), our_sig=signature, their_sig=proposal.signature,
-            we_are_creditor=statement.creditor == me,
+            we_are_creditor=statement.creditor == me, ids=ids,
         )
         return SettleReply(nonce, True, signature)
 
     def conclude(self, proposal: SettlePropose, reply: SettleReply, peer_key: bytes) -> None:
         """Book an accepted proposal, or raise :class:`SettlementRefused`."""
+        statement = proposal.statement
+        ids = self._proposed.pop(statement.id, None)
         if not reply.ok:
             raise SettlementRefused(f"the peer refused the settlement: {reply.why}")
-        statement = proposal.statement
         statement.verify(peer_key, reply.signature)
         peer = node_id_of(peer_key)
         self.ledger.settle(
             statement, peer=peer.hex(), our_sig=proposal.signature, their_sig=reply.signature,
-            we_are_creditor=statement.creditor == self.identity.node_id,
+            we_are_creditor=statement.creditor == self.identity.node_id, ids=ids,
         )

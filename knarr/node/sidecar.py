@@ -11,6 +11,7 @@ Bodies stream to and from disk, so memory stays flat for any size.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -61,7 +62,7 @@ def sign_headers(
 
 
 def _fail(status: type[web.HTTPException], message: str) -> web.HTTPException:
-    return status(text=f'{{"error": "{message}"}}', content_type="application/json")
+    return status(text=json.dumps({"error": message}), content_type="application/json")
 
 
 class Sidecar:

@@ -113,12 +113,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX mail_out_due ON mail_out(delivered, next_try);
     CREATE TABLE mail_in (
-        id       TEXT PRIMARY KEY,
+        id       TEXT NOT NULL,
         sender   TEXT NOT NULL,
         type     TEXT NOT NULL,
         body     TEXT NOT NULL,
         sent     REAL NOT NULL,
-        received REAL NOT NULL
+        received REAL NOT NULL,
+        PRIMARY KEY (sender, id)
     );
     """,
 )

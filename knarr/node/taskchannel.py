@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from knarr.errors import (
 )
 from knarr.node import cbor, wire
 from knarr.node.economy import (
+    InvalidReceipt,
     Receipt,
     check_receipt,
     digest,
@@ -261,8 +263,12 @@ class TaskServer:
         finally:
             if books is not None:
                 books.release(env.sender_id, price)
+        if writer.is_closing():
+            return  # nobody left to deliver to: no receipt, no charge
         try:
             encoded_output = cbor.encode(payload)
+            if len(encoded_output) + ENVELOPE_SLACK > DEFAULT_MAX_RESULT:
+                raise LocalProtocolError(f"output is {len(encoded_output)} bytes")
         except LocalProtocolError as exc:
             payload = error_payload("bad_output", f"output cannot be sent: {exc}")
             outcome = "failed"
@@ -385,6 +391,11 @@ class TaskClient:
         self._crypto = crypto
         self.max_result = max_result
         self._connections: dict[tuple[str, int, bytes], _Connection] = {}
+        self._late: OrderedDict[bytes, tuple[bytes, dict[str, Any], int | None, str]] = (
+            OrderedDict()
+        )
+        self.on_late_receipt: Callable[[Receipt], None] | None = None
+        """Called with the verified receipt of a result that came after we gave up."""
         self._connecting: dict[tuple[str, int, bytes], asyncio.Future[_Connection]] = {}
 
     async def _connection(self, host: str, port: int, public_key: bytes,
@@ -434,6 +445,8 @@ class TaskClient:
                 future = conn.pending.pop(env.message.re, None)
                 if future is not None and not future.done():
                     future.set_result(env)
+                elif env.message.re in self._late:
+                    self._late_result(env, *self._late.pop(env.message.re))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except RemoteProtocolError as exc:
@@ -478,13 +491,30 @@ class TaskClient:
                 await conn.writer.drain()
                 env = await future
         except TimeoutError as exc:
+            # The provider may still answer, and charge: keep what is needed to check and
+            # book its receipt when the result arrives.
+            self._late[nonce] = (public_key, dict(data), max_price, skill)
+            while len(self._late) > 4096:
+                self._late.popitem(last=False)
             raise RequestTimeout(f"no result from {host}:{port} within {timeout:g} s") from exc
         except ConnectionError as exc:
             raise ProviderUnreachable(f"connection to {host}:{port} failed: {exc}") from exc
         finally:
             conn.pending.pop(nonce, None)
+        result, receipt = self._open_result(env, public_key, data, max_price, skill)
+        if isinstance(result, TaskError):
+            result.receipt = receipt
+            raise result
+        return TaskReply(result, receipt)
+
+    def _open_result(
+        self, env: wire.Envelope, public_key: bytes, data: Mapping[str, Any],
+        max_price: int | None, skill: str,
+    ) -> tuple[dict[str, Any] | TaskError, Receipt | None]:
+        """Open a task result and check its receipt against what we asked."""
         if not isinstance(env.message, TaskResult):
             raise RemoteProtocolError(f"expected a task result, got {type(env.message).__name__}")
+        crypto = self._crypto
         payload = crypto.boxes.open(public_key, env.message.box, max_size=self.max_result)
         result, raw = split_result(payload)
         receipt = None
@@ -493,14 +523,24 @@ class TaskClient:
             answered = {k: v for k, v in payload.items() if k != "receipt"}
             check_receipt(
                 receipt, provider_key=public_key, requester_key=crypto.identity.public_key,
-                task=nonce, input_hash=digest(dict(data)),
+                task=env.message.re, input_hash=digest(dict(data)),
                 output_hash=hashlib.sha256(cbor.encode(answered)).digest(),
                 max_price=max_price if max_price is not None else receipt.price,
+                skill=skill, completed=not isinstance(result, TaskError),
             )
-        if isinstance(result, TaskError):
-            result.receipt = receipt
-            raise result
-        return TaskReply(result, receipt)
+        return result, receipt
+
+    def _late_result(
+        self, env: wire.Envelope, public_key: bytes, data: dict[str, Any],
+        max_price: int | None, skill: str,
+    ) -> None:
+        try:
+            _, receipt = self._open_result(env, public_key, data, max_price, skill)
+        except (RemoteProtocolError, InvalidReceipt) as exc:
+            log.info("late result refused: %s", exc)
+            return
+        if receipt is not None and self.on_late_receipt is not None:
+            self.on_late_receipt(receipt)
 
     async def exchange(
         self, host: str, port: int, public_key: bytes, message: wire.Request,

@@ -1,0 +1,1 @@
+"""The console's widgets: the header lines and the panel tables."""

@@ -1,0 +1,304 @@
+"""One panel: a keyed table of rows that live updates change in place.
+
+Rows are added, changed and removed by key (``add_row(key=)``, ``update_cell``,
+``remove_row``), and the cursor stays on the row it was on, so an operator reading a
+row is never thrown back to the top by a refresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+from textual.widgets.data_table import CellDoesNotExist
+
+from knarr.tui.model import Column, ConsoleModel, Panel, Row, RowChange, matches
+
+
+class Cell(Text):
+    """A cell's text, which sorts by the value behind it rather than by its text."""
+
+    def __init__(self, text: str, sort_value: Any, *, justify: str = "left",
+                 style: str = "") -> None:
+        super().__init__(text, style=style, justify=justify,  # type: ignore[arg-type]
+                         no_wrap=True, end="")
+        self.sort_value = sort_value
+
+    def same_as(self, other: object) -> bool:
+        return (isinstance(other, Cell) and other.plain == self.plain
+                and other.style == self.style and other.sort_value == self.sort_value)
+
+
+def age(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d``: how long ago, in at most four characters."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def duration(seconds: float) -> str:
+    """An uptime: ``42s``, ``5m 02s``, ``3h 07m``, ``2d 04h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def short_id(node_id: str, own: str = "") -> str:
+    if own and node_id == own:
+        return "this node"
+    return node_id[:12]
+
+
+def cell(column: Column, value: Any, *, now: float, own: str) -> Cell:
+    """How ``value`` shows in ``column``."""
+    kind = column.kind
+    if value is None or value == "":
+        blank: Any = None
+        return Cell("—" if kind != "text" else "", blank, style="dim",
+                    justify="left" if kind in ("text", "id") else "right")
+    if kind == "id":
+        text = short_id(str(value), own)
+        return Cell(text, str(value), style="bold" if text == "this node" else "")
+    if kind == "age":
+        return Cell(age(now - float(value)), float(value), justify="right")
+    if kind == "int":
+        return Cell(str(int(value)), int(value), justify="right")
+    if kind == "score":
+        return Cell(f"{float(value):.2f}", float(value), justify="right")
+    if kind == "price":
+        return Cell(f"{float(value):.2f}", float(value), justify="right")
+    if kind == "credits":
+        amount = float(value)
+        style = "green" if amount > 0 else "red" if amount < 0 else ""
+        return Cell(f"{amount:+.2f}" if amount else "0.00", amount, justify="right",
+                    style=style)
+    if kind == "ms":
+        return Cell(f"{float(value):.1f}", float(value), justify="right")
+    text = str(value)
+    style = "red" if column.key == "outcome" and text not in ("completed", "ok") else ""
+    return Cell(text, text.lower(), style=style)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    sort_value = value.sort_value if isinstance(value, Cell) else value
+    return (1, 0) if sort_value is None else (0, sort_value)
+
+
+class PanelTable(DataTable[Cell]):
+    """The table of one panel."""
+
+
+class PanelView(Vertical):
+    """A panel: its table, its title (count, sort, filter) and its empty state."""
+
+    def __init__(self, panel: Panel, model: ConsoleModel, clock: Callable[[], float],
+                 **kwargs: Any) -> None:
+        super().__init__(id=f"panel-{panel.id}", classes="panel", **kwargs)
+        self.panel = panel
+        self.model = model
+        self.clock = clock
+        self.filter = ""
+        self.sort_column = panel.sort
+        self.descending = panel.descending
+
+    def compose(self) -> ComposeResult:
+        table = PanelTable(id=f"table-{self.panel.id}", cursor_type="row",
+                           zebra_stripes=True)
+        for column in self.panel.columns:
+            table.add_column(self._label(column), key=column.key, width=column.width)
+        yield table
+        yield Static(self.panel.empty, classes="empty")
+
+    def on_mount(self) -> None:
+        self._update_title()
+
+    @property
+    def table(self) -> PanelTable:
+        return self.query_one(PanelTable)
+
+    # ------------------------------------------------------------------ rows
+
+    def _cells(self, row: Row) -> list[Cell]:
+        now, own = self.clock(), self.model.node_id
+        return [cell(c, row.get(c.key), now=now, own=own) for c in self.panel.columns]
+
+    def cursor_key(self) -> str | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        except CellDoesNotExist:
+            return None
+        return None if key.value is None else str(key.value)
+
+    def _anchor(self) -> str | None:
+        """The row the cursor should stay on through a change (``None``: the top)."""
+        return None if self.table.cursor_row == 0 else self.cursor_key()
+
+    def _keep_cursor(self, key: str | None) -> None:
+        """Keep the cursor on row ``key``; a cursor on the top row stays on top (it
+        follows the head of the table, e.g. the newest receipt)."""
+        table = self.table
+        if key is not None and key in table.rows:
+            index = table.get_row_index(key)
+            if index != table.cursor_row:
+                table.move_cursor(row=index, scroll=False)
+
+    def apply(self, changes: Iterable[RowChange]) -> None:
+        """Change, add and remove rows by key; re-sort if needed; keep the cursor."""
+        table = self.table
+        keep = self._anchor()
+        resort = False
+        for change in changes:
+            present = change.key in table.rows
+            if change.row is None or not matches(self.panel, change.row, self.filter):
+                if present:
+                    table.remove_row(change.key)
+                continue
+            cells = self._cells(change.row)
+            if present:
+                old = table.get_row(change.key)
+                for column, before, after in zip(self.panel.columns, old, cells, strict=True):
+                    if not after.same_as(before):
+                        table.update_cell(change.key, column.key, after)
+                        resort = resort or column.key == self.sort_column
+            else:
+                table.add_row(*cells, key=change.key)
+                resort = True
+        if resort:
+            self._sort()
+        self._keep_cursor(keep)
+        self._update_title()
+
+    def rebuild(self) -> None:
+        """Show exactly the model's rows that pass the filter (after the filter changed)."""
+        table = self.table
+        keep = self._anchor()
+        rows = self.model.rows[self.panel.id]
+        wanted = {k for k, r in rows.items() if matches(self.panel, r, self.filter)}
+        shown = {str(k.value) for k in table.rows}
+        if len(shown - wanted) > 200:
+            table.clear()
+            shown = set()
+        for key in shown - wanted:
+            table.remove_row(key)
+        for key in wanted - shown:
+            table.add_row(*self._cells(rows[key]), key=key)
+        self._sort()
+        self._keep_cursor(keep)
+        self._update_title()
+
+    def refresh_ages(self) -> None:
+        """Re-render the "how long ago" cells against the clock."""
+        ages = [c for c in self.panel.columns if c.kind == "age"]
+        if not ages:
+            return
+        now, own = self.clock(), self.model.node_id
+        rows = self.model.rows[self.panel.id]
+        table = self.table
+        for row_key in list(table.rows):
+            row = rows.get(str(row_key.value))
+            if row is None:
+                continue
+            for column in ages:
+                after = cell(column, row.get(column.key), now=now, own=own)
+                if not after.same_as(table.get_cell(row_key, column.key)):
+                    table.update_cell(row_key, column.key, after)
+
+    # ------------------------------------------------------------------ sort and filter
+
+    def _sort(self) -> None:
+        self.table.sort(self.sort_column, key=_sort_key, reverse=self.descending)
+
+    def _label(self, column: Column) -> Text:
+        if column.key != self.sort_column:
+            return Text(column.label)
+        return Text(column.label + ("▾" if self.descending else "▴"), style="bold")
+
+    def sort_by(self, column_key: str) -> None:
+        """Sort by ``column_key``; again on the same column reverses the order."""
+        if column_key == self.sort_column:
+            self.descending = not self.descending
+        else:
+            self.sort_column = column_key
+            kind = next(c.kind for c in self.panel.columns if c.key == column_key)
+            self.descending = kind in ("age", "int", "score", "ms", "credits", "price")
+        keep = self._anchor()
+        table = self.table
+        for column in self.panel.columns:
+            table.columns[_column_key(table, column.key)].label = self._label(column)
+        table.refresh()
+        self._sort()
+        self._keep_cursor(keep)
+        self._update_title()
+
+    def cycle_sort(self) -> None:
+        keys = [c.key for c in self.panel.columns]
+        following = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        self.sort_by(following)
+
+    def set_filter(self, text: str) -> None:
+        self.filter = text.strip()
+        self.rebuild()
+
+    @on(DataTable.HeaderSelected)
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        if event.column_key.value is not None:
+            self.sort_by(str(event.column_key.value))
+
+    # ------------------------------------------------------------------ title
+
+    def _update_title(self) -> None:
+        table = self.table
+        total = len(self.model.rows[self.panel.id])
+        shown = table.row_count
+        count = f"{shown}" if not self.filter else f"{shown} of {total}"
+        title = f"{self.panel.title} · {count}"
+        if self.filter:
+            title += f" · filter: {self.filter}"
+        self.border_title = title
+        sort_label = next(c.label for c in self.panel.columns if c.key == self.sort_column)
+        self.border_subtitle = (
+            f"{self._summary()}sort: {sort_label} {'▾' if self.descending else '▴'}"
+        )
+        empty = self.query_one(".empty", Static)
+        if shown == 0 and self.filter:
+            empty.update(f"nothing matches “{self.filter}” (Esc clears the filter)")
+        else:
+            empty.update(self.panel.empty)
+        self.set_class(shown == 0, "-empty")
+
+    def _summary(self) -> str:
+        if self.panel.id != "ledger" or not self.model.totals:
+            return ""
+        t = self.model.totals
+        earned = -float(t.get("provided", 0) or 0)
+        spent = float(t.get("consumed", 0) or 0)
+        owed = float(t.get("outstanding", 0) or 0)
+        return f"earned {earned:.2f} · spent {spent:.2f} · net {owed:+.2f} · "
+
+
+def _column_key(table: DataTable[Any], key: str) -> Any:
+    for column_key in table.columns:
+        if column_key.value == key:
+            return column_key
+    raise KeyError(key)
+
+
