@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -131,10 +132,12 @@ class Node:
         self.port = port
         self.advertise_host = advertise_host
         self._sidecar_wanted = sidecar_port
+        self._temp_assets: Path | None = None
         self.sidecar_port = 0
         self.assets: AssetStore | None = None
         if sidecar_port is not None:
             folder = asset_dir or tempfile.mkdtemp(prefix="knarr-assets-")
+            self._temp_assets = None if asset_dir else Path(folder)
             self.assets = AssetStore(folder, max_size=max_asset_size)
         self.sidecar: Sidecar | None = None  # started with the node when assets are on
         self.clock = clock
@@ -298,6 +301,8 @@ class Node:
             await self.cockpit.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
+        if self._temp_assets is not None:  # a folder we made ourselves, not the user's
+            shutil.rmtree(self._temp_assets, ignore_errors=True)
         for task in (self._maintenance, self._mail_task):
             if task is not None:
                 task.cancel()

@@ -10,12 +10,15 @@ Bodies stream to and from disk, so memory stays flat for any size.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nacl.signing
@@ -46,12 +49,21 @@ def _identity(key: Identity | nacl.signing.SigningKey) -> Identity:
     return key if isinstance(key, Identity) else Identity(key)
 
 
+_last_ms = 0
+
+
 def sign_headers(
     key: Identity | nacl.signing.SigningKey, method: str, path: str, content_hash: str,
     *, now: float | None = None,
 ) -> dict[str, str]:
+    global _last_ms
     identity = _identity(key)
-    timestamp = str(int((time.time() if now is None else now) * 1000))
+    ms = int((time.time() if now is None else now) * 1000)
+    if now is None:
+        # Ed25519 is deterministic and the server keys replays on the signature: two
+        # identical requests must not share a timestamp.
+        ms = _last_ms = max(ms, _last_ms + 1)
+    timestamp = str(ms)
     signature = identity.sign(signed_message(method, path, timestamp, content_hash))
     return {
         "X-Knarr-PublicKey": identity.public_key.hex(),
@@ -61,8 +73,9 @@ def sign_headers(
     }
 
 
-def _fail(status: type[web.HTTPException], message: str) -> web.HTTPException:
-    return status(text=json.dumps({"error": message}), content_type="application/json")
+def _fail(status: type[web.HTTPException], message: str, **kwargs: Any) -> web.HTTPException:
+    return status(text=json.dumps({"error": message}), content_type="application/json",
+                  **kwargs)
 
 
 class Sidecar:
@@ -144,14 +157,16 @@ class Sidecar:
         length = request.content_length
         if length is not None and length > self.store.max_size:
             raise _fail(web.HTTPRequestEntityTooLarge,
-                        f"asset is {length} bytes; the limit is {self.store.max_size}")
+                        f"asset is {length} bytes; the limit is {self.store.max_size}",
+                        max_size=self.store.max_size, actual_size=length)
         writer = self.store.writer(expected=claimed)
         try:
             async for chunk in request.content.iter_chunked(CHUNK):
                 writer.write(chunk)
             digest = writer.commit()
         except AssetTooLarge as exc:
-            raise _fail(web.HTTPRequestEntityTooLarge, str(exc)) from None
+            raise _fail(web.HTTPRequestEntityTooLarge, str(exc), max_size=self.store.max_size,
+                        actual_size=writer.size) from None
         except HashMismatch as exc:
             raise _fail(web.HTTPBadRequest, str(exc)) from None
         except BaseException:
@@ -237,7 +252,7 @@ async def upload_file(
 ) -> tuple[str, int]:
     """Stream a file to a sidecar; returns ``(hash, size)``."""
     file = Path(path)
-    digest = file_hash(file)
+    digest = await asyncio.to_thread(file_hash, file)  # hashing 1 GiB must not block a node
     size = file.stat().st_size
     headers = sign_headers(key, "PUT", "/assets", digest)
     headers["Content-Length"] = str(size)
@@ -263,7 +278,7 @@ async def upload_asset(
     headers = sign_headers(signing_key, "PUT", "/assets", digest)
     try:
         async with aiohttp.ClientSession() as s, s.put(
-            _url(host, port, "/assets"), data=data, headers=headers
+            _url(host, port, "/assets"), data=io.BytesIO(data), headers=headers
         ) as response:
             await _raise_for(response, "upload refused")
             body = await response.json()
@@ -361,23 +376,29 @@ async def head_asset(
 ) -> int | None:
     """The size of a remote asset, or ``None`` if the sidecar does not have it."""
     path = f"/assets/{check_hash(digest)}"
-    async with aiohttp.ClientSession() as s, s.head(
-        _url(host, port, path), headers=sign_headers(key, "HEAD", path, EMPTY_HASH)
-    ) as response:
-        if response.status == 404:
-            return None
-        await _raise_for(response, "HEAD refused")
-        return response.content_length
+    try:
+        async with aiohttp.ClientSession() as s, s.head(
+            _url(host, port, path), headers=sign_headers(key, "HEAD", path, EMPTY_HASH)
+        ) as response:
+            if response.status == 404:
+                return None
+            await _raise_for(response, "HEAD refused")
+            return response.content_length
+    except aiohttp.ClientError as exc:
+        raise SidecarError(f"cannot reach the sidecar at {host}:{port}: {exc}") from exc
 
 
 async def delete_asset(
     host: str, port: int, digest: str, key: Identity | nacl.signing.SigningKey
 ) -> None:
     path = f"/assets/{check_hash(digest)}"
-    async with aiohttp.ClientSession() as s, s.delete(
-        _url(host, port, path), headers=sign_headers(key, "DELETE", path, EMPTY_HASH)
-    ) as response:
-        await _raise_for(response, "DELETE refused")
+    try:
+        async with aiohttp.ClientSession() as s, s.delete(
+            _url(host, port, path), headers=sign_headers(key, "DELETE", path, EMPTY_HASH)
+        ) as response:
+            await _raise_for(response, "DELETE refused")
+    except aiohttp.ClientError as exc:
+        raise SidecarError(f"cannot reach the sidecar at {host}:{port}: {exc}") from exc
 
 
 __all__ = [
