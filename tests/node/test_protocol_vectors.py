@@ -3,24 +3,40 @@
 The spec is what another implementation is written from, so its vectors must be what
 this implementation produces. Every ``hex vector=NAME`` block in the document is parsed,
 rebuilt here from the inputs the document states, and compared; each envelope vector must
-also open to the message the document describes. Ed25519 signatures are deterministic
-(RFC 8032), so the vectors never change unless the encoding does.
+also open to the message the document describes, each sealed box must open to its stated
+plaintext, and each signature must verify. Ed25519 signatures are deterministic (RFC 8032)
+and the boxes use the fixed nonces the document gives, so the vectors never change unless
+the encoding does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
 import pytest
 
-from knarr.errors import BadSignature
+from knarr.errors import BadSignature, MistypedMessage
 from knarr.node import cbor, wire
 from knarr.node.contact import Contact
-from knarr.node.identity import Identity, node_id_of
+from knarr.node.dht import VALUE_PAD
+from knarr.node.economy import (
+    Receipt,
+    Statement,
+    check_receipt,
+    digest,
+    parse_receipt,
+    receipts_hash,
+    sign_receipt,
+)
+from knarr.node.identity import Identity, node_id_of, verify
+from knarr.node.lookup import RttEstimator
+from knarr.node.mail import MailAck, MailMessage, check_payload, open_payload
 from knarr.node.records import (
     MAX_RECORD,
     SkillRecord,
@@ -28,6 +44,16 @@ from knarr.node.records import (
     sign_record,
     skill_key,
     tag_key,
+)
+from knarr.node.settlement import SettlePropose, SettleReply
+from knarr.node.sidecar import EMPTY_HASH, sign_headers, signed_message
+from knarr.node.tasks import (
+    BOX_OVERHEAD,
+    ERROR_CLASSES,
+    Boxes,
+    TaskRequest,
+    TaskResult,
+    split_result,
 )
 from knarr.node.wire import (
     Error,
@@ -48,14 +74,17 @@ from knarr.node.wire import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 _VECTOR_BLOCK = re.compile(r"^```hex vector=([a-z0-9_.-]+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _ANY_HEX_BLOCK = re.compile(r"^```hex\b", re.M)
+_HEADERS_BLOCK = re.compile(r"^```http headers=([a-z0-9_.-]+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+_ANY_HTTP_BLOCK = re.compile(r"^```http\b", re.M)
 TASK_CHANNEL_FIRST_TYPE = 16  # types below this are the DHT's, carried over UDP
 _TYPE_ROW = re.compile(r"^\|\s*`?([A-Z_]+)`?\s*\|\s*(\d+)\s*\|", re.M)
+_CODE_ROW = re.compile(r"^\|\s*`([a-z_]+)`\s*\|", re.M)
 
 # ------------------------------------------------------------ inputs, as the doc states them
 
 NOW_MS = 1_700_000_000_000
-ALICE = Identity.from_seed(bytes(range(32)))  # seed 00 01 .. 1f: sends the requests
-BOB = Identity.from_seed(bytes(range(32, 64)))  # seed 20 21 .. 3f: sends the replies
+ALICE = Identity.from_seed(bytes(range(32)))  # seed 00 01 .. 1f: requests; the task's requester
+BOB = Identity.from_seed(bytes(range(32, 64)))  # seed 20 21 .. 3f: replies; the task's provider
 REQUEST_NONCE = bytes(range(16))  # 00 01 .. 0f
 REPLY_NONCE = bytes(range(16, 32))  # 10 11 .. 1f
 
@@ -70,6 +99,33 @@ SHEET: dict[str, Any] = {
     "visibility": "public",
 }
 RECORD_EXPIRES = 1_700_003_600
+
+# The task of section 9.5 and the receipt and settlement of section 9.6.
+TASK_INPUT: dict[str, Any] = {"text": "hello"}
+TASK_OUTPUT: dict[str, Any] = {"text": "hello"}
+TASK_TIMEOUT_MS = 30_000
+REQUESTER_SIDECAR = 9001
+REQUEST_BOX_NONCE = bytes(24)  # 00 x 24
+RESULT_BOX_NONCE = bytes(range(24))  # 00 01 .. 17
+PRICE = 1_000_000  # micro-credits: 1 credit
+RECEIPT_MS = 3
+STATEMENT_ID = bytes(range(64, 80))  # 40 41 .. 4f
+REFUSAL_WHY = "books differ: we see 2 credits over 2 receipts, you proposed 1 over 1"
+
+# The mail of section 9.5.
+MAIL_ID = bytes(range(80, 96))  # 50 51 .. 5f
+MAIL_TYPE = "text"
+MAIL_BODY: dict[str, Any] = {"text": "hello"}
+MAIL_SENT = NOW_MS / 1000
+MAIL_BOX_NONCE = bytes(range(24, 48))  # 18 19 .. 2f
+
+# The sidecar requests of section 9.7.
+ASSET = b"hello"
+ASSET_HASH = hashlib.sha256(ASSET).hexdigest()
+SIDECAR_REQUESTS: dict[str, tuple[str, str, str]] = {  # name -> (method, path, content hash)
+    "put": ("PUT", "/assets", ASSET_HASH),
+    "get": ("GET", f"/assets/{ASSET_HASH}", EMPTY_HASH),
+}
 
 
 @cache
@@ -87,10 +143,56 @@ def contacts() -> tuple[Contact, ...]:
     )
 
 
+@cache
+def request_box() -> bytes:
+    return Boxes(ALICE).seal(BOB.public_key, {"input": TASK_INPUT}, REQUEST_BOX_NONCE)
+
+
+@cache
+def receipt() -> Receipt:
+    return sign_receipt(
+        BOB, task=REQUEST_NONCE, skill="echo", price=PRICE, requester_key=ALICE.public_key,
+        input_hash=digest(TASK_INPUT),
+        output_hash=hashlib.sha256(cbor.encode({"ok": TASK_OUTPUT})).digest(),
+        time_ms=NOW_MS, outcome="completed", duration_ms=RECEIPT_MS,
+    )
+
+
+def result_payload() -> dict[str, Any]:
+    return {"ok": TASK_OUTPUT, "receipt": receipt().raw}
+
+
+@cache
+def result_box() -> bytes:
+    return Boxes(BOB).seal(ALICE.public_key, result_payload(), RESULT_BOX_NONCE)
+
+
+def mail_payload() -> dict[str, Any]:
+    return {"type": MAIL_TYPE, "body": check_payload(MAIL_TYPE, MAIL_BODY), "sent": MAIL_SENT}
+
+
+@cache
+def mail_box() -> bytes:
+    return Boxes(ALICE).seal(BOB.public_key, mail_payload(), MAIL_BOX_NONCE)
+
+
+@cache
+def statement() -> Statement:
+    return Statement(
+        STATEMENT_ID, BOB.node_id, ALICE.node_id, PRICE, receipts_hash([receipt().id]), 1
+    )
+
+
+def sidecar_headers(name: str) -> dict[str, str]:
+    method, path, content_hash = SIDECAR_REQUESTS[name]
+    return sign_headers(ALICE, method, path, content_hash, now=NOW_MS / 1000)
+
+
 def envelopes() -> dict[str, tuple[Identity, bytes, Message]]:
     """Envelope vectors: name -> (signer, nonce, message), all at ``NOW_MS``."""
     a, b, n = ALICE, BOB, REQUEST_NONCE
     raw = record().raw
+    stmt = statement().encode()
     return {
         "ping": (a, n, Ping()),
         "ping_ro": (a, n, Ping(ro=True)),
@@ -99,11 +201,27 @@ def envelopes() -> dict[str, tuple[Identity, bytes, Message]]:
         "nodes": (b, REPLY_NONCE, Nodes(re=n, nodes=contacts())),
         "find_value": (a, n, FindValue(key=skill_key("echo"))),
         "find_value_page": (a, n, FindValue(key=skill_key("echo"), offset=20, ro=True)),
+        "find_value_query": (a, n, FindValue(
+            key=skill_key("echo"), ro=True, pad=VALUE_PAD, query="skill:echo"
+        )),
         "value": (b, REPLY_NONCE, Value(re=n, records=(raw,))),
         "store": (a, n, Store(key=skill_key("echo"), record=raw)),
         "stored": (b, REPLY_NONCE, Stored(re=n, ok=True)),
         "stored_refused": (b, REPLY_NONCE, Stored(re=n, ok=False, why="record has expired")),
         "error": (b, REPLY_NONCE, Error(re=n, code=ErrorCode.RATE_LIMITED, msg="slow down")),
+        "error_bare": (b, REPLY_NONCE, Error(re=n, code=ErrorCode.INTERNAL)),
+        "task_request": (a, n, TaskRequest(
+            skill="echo", box=request_box(), timeout_ms=TASK_TIMEOUT_MS,
+            sidecar=REQUESTER_SIDECAR,
+        )),
+        "task_result": (b, REPLY_NONCE, TaskResult(re=n, box=result_box())),
+        "settle_propose": (a, n, SettlePropose(statement(), ALICE.sign(stmt))),
+        "settle_reply": (b, REPLY_NONCE, SettleReply(re=n, ok=True, signature=BOB.sign(stmt))),
+        "settle_reply_refused": (b, REPLY_NONCE, SettleReply(
+            re=n, ok=False, why=REFUSAL_WHY, amount=2 * PRICE, count=2
+        )),
+        "mail": (a, n, MailMessage(id=MAIL_ID, box=mail_box())),
+        "mail_ack": (b, REPLY_NONCE, MailAck(re=n, ok=True)),
     }
 
 
@@ -116,18 +234,38 @@ CBOR_VALUES: dict[str, Any] = {
 }
 
 
+def _x25519_public(identity: Identity) -> bytes:
+    return bytes(identity.signing_key.verify_key.to_curve25519_public_key())
+
+
 def expected_vectors() -> dict[str, bytes]:
     """Every vector the document must carry, built with the real code."""
     vectors: dict[str, bytes] = {}
     for label, identity in (("a", ALICE), ("b", BOB)):
         vectors[f"identity.{label}.public_key"] = identity.public_key
         vectors[f"identity.{label}.node_id"] = identity.node_id
+        vectors[f"identity.{label}.x25519_public_key"] = _x25519_public(identity)
+    vectors["box.ab.shared_key"] = Boxes(ALICE).box(BOB.public_key).shared_key()
     vectors["key.skill.echo"] = skill_key("echo")
     vectors["key.tag.example"] = tag_key("example")
     vectors["key.tag.text"] = tag_key("text")
     vectors["record.echo"] = record().raw
     for name, (identity, nonce, message) in envelopes().items():
         vectors[f"envelope.{name}"] = wire.seal(identity, message, now_ms=NOW_MS, nonce=nonce)
+    vectors["task.request.plaintext"] = cbor.encode({"input": TASK_INPUT})
+    vectors["task.request.box"] = request_box()
+    vectors["task.result.box"] = result_box()
+    vectors["mail.box"] = mail_box()
+    vectors["receipt.echo"] = receipt().raw
+    vectors["receipt.echo.id"] = bytes.fromhex(receipt().id)
+    vectors["settlement.statement"] = statement().encode()
+    for name, (method, path, content_hash) in SIDECAR_REQUESTS.items():
+        headers = sidecar_headers(name)
+        if name == "put":
+            vectors["sidecar.put.message"] = signed_message(
+                method, path, headers["X-Knarr-Timestamp"], content_hash
+            )
+        vectors[f"sidecar.{name}.signature"] = bytes.fromhex(headers["X-Knarr-Signature"])
     for name, value in CBOR_VALUES.items():
         vectors[name] = cbor.encode(value)
     return vectors
@@ -139,6 +277,19 @@ def expected_vectors() -> dict[str, bytes]:
 @cache
 def doc_text() -> str:
     return DOC.read_text(encoding="utf-8")
+
+
+@cache
+def doc_flat() -> str:
+    """The document with every run of whitespace made one space, to find wrapped prose."""
+    return " ".join(doc_text().split())
+
+
+def doc_section(heading: str) -> str:
+    """The text from ``heading`` (a whole line) to the next heading."""
+    start = doc_text().index(f"\n{heading}\n")
+    end = doc_text().index("\n#", start + 1)
+    return doc_text()[start:end]
 
 
 @cache
@@ -156,6 +307,24 @@ def doc_vectors() -> dict[str, bytes]:
         )
         vectors[name] = bytes.fromhex("".join(lines))
     return vectors
+
+
+@cache
+def doc_headers() -> dict[str, tuple[str, str, dict[str, str]]]:
+    """``name -> (method, path, headers)`` for every ``http headers=NAME`` block."""
+    blocks: dict[str, tuple[str, str, dict[str, str]]] = {}
+    for name, body in _HEADERS_BLOCK.findall(doc_text()):
+        assert name not in blocks, f"headers block {name!r} appears twice in {DOC.name}"
+        request_line, *lines = body.strip("\n").split("\n")
+        method, path, version = request_line.split(" ")
+        assert version == "HTTP/1.1", f"headers block {name!r}: bad request line"
+        headers: dict[str, str] = {}
+        for line in lines:
+            key, sep, value = line.partition(": ")
+            assert sep and key not in headers, f"headers block {name!r}: bad line {line!r}"
+            headers[key] = value
+        blocks[name] = (method, path, headers)
+    return blocks
 
 
 def test_every_hex_block_is_a_well_formed_vector() -> None:
@@ -183,6 +352,27 @@ def test_identities_derive_node_id_from_public_key() -> None:
         assert vectors[f"identity.{label}.node_id"] == node_id_of(public_key)
 
 
+def test_x25519_forms_follow_the_documented_derivation() -> None:
+    """Section 1.2 written out: the Montgomery u of the Edwards y for the public key, the
+    clamped first half of SHA-512(seed) for the private key; the box key from either end."""
+    p = 2**255 - 19
+    vectors = doc_vectors()
+    private = {}
+    for label, identity in (("a", ALICE), ("b", BOB)):
+        y = int.from_bytes(identity.public_key, "little") & ((1 << 255) - 1)
+        u = (1 + y) * pow(1 - y, -1, p) % p
+        assert vectors[f"identity.{label}.x25519_public_key"] == u.to_bytes(32, "little")
+        scalar = bytearray(hashlib.sha512(identity.seed).digest()[:32])
+        scalar[0] &= 248
+        scalar[31] = (scalar[31] & 127) | 64
+        private[label] = bytes(scalar)
+        assert nacl.bindings.crypto_scalarmult_base(private[label]) == u.to_bytes(32, "little")
+    shared = vectors["box.ab.shared_key"]
+    for mine, theirs in (("a", "b"), ("b", "a")):
+        their_public = vectors[f"identity.{theirs}.x25519_public_key"]
+        assert nacl.bindings.crypto_box_beforenm(their_public, private[mine]) == shared
+
+
 @pytest.mark.parametrize("name", sorted(envelopes()))
 def test_envelope_vector_opens_to_its_message(name: str) -> None:
     identity, nonce, message = envelopes()[name]
@@ -196,6 +386,16 @@ def test_envelope_vector_opens_to_its_message(name: str) -> None:
     assert opened.nonce == nonce
     assert wire.peek_type(data) == message.TYPE
     assert len(data) <= wire.MAX_DATAGRAM
+
+
+@pytest.mark.parametrize("name", sorted(envelopes()))
+def test_only_dht_envelopes_open_on_udp(name: str) -> None:
+    data = doc_vectors()[f"envelope.{name}"]
+    if wire.peek_type(data) in wire.DHT_TYPES:
+        wire.open_envelope(data, now_ms=NOW_MS, replay=None, types=wire.DHT_TYPES)
+    else:
+        with pytest.raises(MistypedMessage):
+            wire.open_envelope(data, now_ms=NOW_MS, replay=None, types=wire.DHT_TYPES)
 
 
 @pytest.mark.parametrize("name", sorted(envelopes()))
@@ -225,6 +425,141 @@ def test_record_vector_parses_to_the_stated_sheet() -> None:
     }
 
 
+def test_find_value_query_hashes_to_its_key_and_pads_as_documented() -> None:
+    opened = wire.open_envelope(
+        doc_vectors()["envelope.find_value_query"], now_ms=NOW_MS, replay=None,
+        types=wire.DHT_TYPES,
+    )
+    message = opened.message
+    assert isinstance(message, FindValue)
+    assert hashlib.sha256(message.query.encode()).digest() == message.key
+    assert message.pad == VALUE_PAD
+    assert f"pads with {VALUE_PAD} zero bytes" in doc_flat()
+    # The budgets section 3.3 quotes: the smallest padded requests, and what 3x of them buys.
+    smallest_value = wire.seal(
+        ALICE, FindValue(skill_key("echo"), pad=VALUE_PAD), now_ms=NOW_MS, nonce=REQUEST_NONCE
+    )
+    ro_node = wire.seal(
+        ALICE, FindNode(ALICE.node_id, ro=True, pad=VALUE_PAD), now_ms=NOW_MS,
+        nonce=REQUEST_NONCE,
+    )
+    assert f"smallest padded FIND_VALUE is {len(smallest_value)} bytes" in doc_flat()
+    assert f"budget ({3 * len(smallest_value):,}) exceeds" in doc_flat()
+    assert 3 * len(smallest_value) > wire.MAX_DATAGRAM
+    assert f"(at least {len(ro_node)} bytes" in doc_flat()
+
+
+def test_task_request_box_opens_for_the_provider() -> None:
+    vectors = doc_vectors()
+    box, plaintext = vectors["task.request.box"], vectors["task.request.plaintext"]
+    assert cbor.decode(plaintext) == {"input": TASK_INPUT}
+    assert box[:24] == REQUEST_BOX_NONCE
+    assert len(box) == len(plaintext) + BOX_OVERHEAD == len(plaintext) + 40
+    assert Boxes(BOB).open(ALICE.public_key, box, max_size=1024) == {"input": TASK_INPUT}
+    # Section 6.2 written out: nonce ‖ crypto_box(plaintext, nonce, their public, my private).
+    their_public = vectors["identity.b.x25519_public_key"]
+    my_private = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+        ALICE.seed + ALICE.public_key
+    )
+    sealed = nacl.bindings.crypto_box(plaintext, REQUEST_BOX_NONCE, their_public, my_private)
+    assert box == REQUEST_BOX_NONCE + sealed
+    opened = wire.open_envelope(vectors["envelope.task_request"], now_ms=NOW_MS, replay=None)
+    assert isinstance(opened.message, TaskRequest) and opened.message.box == box
+
+
+def test_task_result_box_carries_the_output_and_a_receipt_the_requester_accepts() -> None:
+    vectors = doc_vectors()
+    box = vectors["task.result.box"]
+    assert box[:24] == RESULT_BOX_NONCE
+    payload = Boxes(ALICE).open(BOB.public_key, box, max_size=4096)
+    assert payload == result_payload()
+    output, raw = split_result(payload)
+    assert output == TASK_OUTPUT and raw == vectors["receipt.echo"]
+    assert raw is not None
+    answered = {k: v for k, v in payload.items() if k != "receipt"}
+    check_receipt(
+        parse_receipt(raw), provider_key=BOB.public_key, requester_key=ALICE.public_key,
+        task=REQUEST_NONCE, input_hash=digest(TASK_INPUT),
+        output_hash=hashlib.sha256(cbor.encode(answered)).digest(), max_price=PRICE,
+    )
+    opened = wire.open_envelope(vectors["envelope.task_result"], now_ms=NOW_MS, replay=None)
+    assert isinstance(opened.message, TaskResult) and opened.message.box == box
+
+
+def test_mail_box_opens_for_the_recipient() -> None:
+    vectors = doc_vectors()
+    box = vectors["mail.box"]
+    assert box[:24] == MAIL_BOX_NONCE
+    payload = Boxes(BOB).open(ALICE.public_key, box, max_size=4096)
+    assert list(payload) == ["body", "sent", "type"]
+    assert open_payload(payload) == (MAIL_TYPE, MAIL_BODY, MAIL_SENT)
+    assert payload["body"] == '{"text": "hello"}'
+    opened = wire.open_envelope(vectors["envelope.mail"], now_ms=NOW_MS, replay=None)
+    assert isinstance(opened.message, MailMessage)
+    assert (opened.message.id, opened.message.box) == (MAIL_ID, box)
+
+
+def test_receipt_vector_parses_to_the_stated_fields() -> None:
+    vectors = doc_vectors()
+    raw = vectors["receipt.echo"]
+    parsed = parse_receipt(raw)
+    assert raw[:3] == b"RC\x01" and raw[3:35] == BOB.public_key
+    assert (parsed.task, parsed.skill, parsed.price) == (REQUEST_NONCE, "echo", PRICE)
+    assert parsed.requester_key == ALICE.public_key
+    assert parsed.input_hash == hashlib.sha256(cbor.encode(TASK_INPUT)).digest()
+    assert parsed.output_hash == hashlib.sha256(cbor.encode({"ok": TASK_OUTPUT})).digest()
+    assert (parsed.time_ms, parsed.outcome, parsed.duration_ms) == (
+        NOW_MS, "completed", RECEIPT_MS
+    )
+    assert list(cbor.decode(raw[35:-64])) == [
+        "t", "in", "ms", "out", "req", "task", "price", "skill", "outcome"
+    ]
+    verify(BOB.public_key, raw[:-64], raw[-64:])
+    assert vectors["receipt.echo.id"] == hashlib.sha256(raw).digest()
+    assert f"SHA-256 of the {len(raw)} bytes above" in doc_flat()
+
+
+def test_settlement_vectors_carry_one_statement_signed_by_both_sides() -> None:
+    vectors = doc_vectors()
+    encoded = vectors["settlement.statement"]
+    assert encoded[:3] == b"ST\x01"
+    body = cbor.decode(encoded[3:])
+    assert list(body) == ["cr", "db", "id", "count", "amount", "receipts"]
+    stmt = Statement.from_wire(body)
+    assert stmt == statement()
+    assert (stmt.creditor, stmt.debtor, stmt.amount, stmt.count) == (
+        BOB.node_id, ALICE.node_id, PRICE, 1
+    )
+    assert stmt.receipts == hashlib.sha256(vectors["receipt.echo.id"]).digest()
+    propose = wire.open_envelope(vectors["envelope.settle_propose"], now_ms=NOW_MS, replay=None)
+    reply = wire.open_envelope(vectors["envelope.settle_reply"], now_ms=NOW_MS, replay=None)
+    assert isinstance(propose.message, SettlePropose) and isinstance(reply.message, SettleReply)
+    assert propose.message.statement.encode() == encoded
+    propose.message.statement.verify(propose.public_key, propose.message.signature)
+    stmt.verify(reply.public_key, reply.message.signature)
+    assert reply.message.re == propose.nonce
+
+
+@pytest.mark.parametrize("name", sorted(SIDECAR_REQUESTS))
+def test_sidecar_headers_are_the_signed_request(name: str) -> None:
+    method, path, content_hash = SIDECAR_REQUESTS[name]
+    got_method, got_path, headers = doc_headers()[f"sidecar.{name}"]
+    assert (got_method, got_path) == (method, path)
+    assert headers == sidecar_headers(name)
+    assert headers["X-Knarr-Timestamp"] == str(NOW_MS)
+    message = signed_message(method, path, headers["X-Knarr-Timestamp"], content_hash)
+    assert message == (
+        f"knarr-sidecar/1\n{method}\n{path}\n{NOW_MS}\n{content_hash}".encode()
+    )
+    signature = doc_vectors()[f"sidecar.{name}.signature"]
+    verify(bytes.fromhex(headers["X-Knarr-PublicKey"]), message, signature)
+
+
+def test_every_http_block_is_a_headers_block() -> None:
+    assert len(_ANY_HTTP_BLOCK.findall(doc_text())) == len(doc_headers())
+    assert sorted(doc_headers()) == sorted(f"sidecar.{name}" for name in SIDECAR_REQUESTS)
+
+
 @pytest.mark.parametrize("name", sorted(CBOR_VALUES))
 def test_cbor_vector_decodes_to_its_value(name: str) -> None:
     decoded = cbor.decode(doc_vectors()[name])
@@ -236,9 +571,7 @@ def test_cbor_vector_decodes_to_its_value(name: str) -> None:
 
 
 def test_the_message_type_table_lists_every_type() -> None:
-    start = doc_text().index("\n### Type codes\n")
-    end = doc_text().index("\n#", start + 1)
-    table = {name: int(code) for name, code in _TYPE_ROW.findall(doc_text()[start:end])}
+    table = {name: int(code) for name, code in _TYPE_ROW.findall(doc_section("### Type codes"))}
     assert table == {t.name: t.value for t in MsgType}
 
 
@@ -249,7 +582,23 @@ def test_every_message_type_has_a_section() -> None:
         )
 
 
-def test_every_dht_message_type_has_an_envelope_vector() -> None:
+def test_every_message_type_is_registered_with_the_codec() -> None:
+    assert set(wire.MESSAGE_TYPES) == {t.value for t in MsgType}
+    assert set(wire.DHT_TYPES) == {t.value for t in MsgType if t < TASK_CHANNEL_FIRST_TYPE}
+
+
+def test_every_message_type_has_an_envelope_vector() -> None:
     covered = {wire.peek_type(data) for name, data in doc_vectors().items()
                if name.startswith("envelope.")}
-    assert covered == {t.value for t in MsgType if t < TASK_CHANNEL_FIRST_TYPE}
+    assert covered == {t.value for t in MsgType}
+
+
+def test_the_error_code_table_lists_every_task_error_code() -> None:
+    codes = _CODE_ROW.findall(doc_section("### 6.5 Error codes"))
+    assert sorted(codes) == sorted(ERROR_CLASSES)
+
+
+def test_the_timeouts_before_any_sample_are_the_documented_ones() -> None:
+    rtt = RttEstimator()
+    timeout, stall = rtt.timeout("peer"), rtt.stall("peer")
+    assert f"a timeout of {timeout:g} s and a stall of {stall:g} s" in doc_flat()
