@@ -112,7 +112,7 @@ class DhtSettings:
     rate_limit: float = 200.0
     rate_burst: float = 400.0
     refresh_interval: float = 900.0
-    fresh_interval: float = 600.0  # a contact heard from this recently is not pinged to
+    fresh_interval: float = 900.0  # a contact heard from this recently is not pinged to
     # make room for a newcomer, and a newcomer is not pinged to offer it a full bucket
     maintenance_interval: float = 60.0
     record_ttl: int = 3600
@@ -377,7 +377,13 @@ class Dht:
         if sender.node_id in self.table:
             self.table.seen(sender.node_id, now)
         elif self.table.wants(sender, now, self.settings.fresh_interval):
-            self._probe(sender)
+            # A full bucket: its stale oldest contact is pinged first, and the newcomer
+            # only if that one has gone (one ping instead of two when it is still there).
+            oldest = self.table.stale_oldest(sender.node_id, now, self.settings.fresh_interval)
+            if oldest is None:
+                self._probe(sender)
+            else:
+                self._probe(oldest, evict_on_failure=True, then=sender)
 
     def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
         contacts = self.table.closest(target, exclude=sender.node_id)
@@ -496,20 +502,28 @@ class Dht:
         except (NetworkError, RemoteProtocolError):
             pass
 
-    def _probe(self, contact: Contact, *, evict_on_failure: bool = False) -> None:
+    def _probe(
+        self, contact: Contact, *, evict_on_failure: bool = False, then: Contact | None = None
+    ) -> None:
+        """Ping ``contact`` (an answer offers it to the table); if it does not answer,
+        evict it (with ``evict_on_failure``) and probe ``then`` in its place."""
         if self.settings.read_only or contact.node_id in self._probing or self._closed:
             return
         if len(self._probing) > 256:
             return
         self._probing.add(contact.node_id)
-        self._spawn(self._probe_task(contact, evict_on_failure))
+        self._spawn(self._probe_task(contact, evict_on_failure, then))
 
-    async def _probe_task(self, contact: Contact, evict_on_failure: bool) -> None:
+    async def _probe_task(
+        self, contact: Contact, evict_on_failure: bool, then: Contact | None
+    ) -> None:
         try:
             await self.call(contact.addr, Ping(), expect=contact.node_id)
         except (NetworkError, RemoteProtocolError):
             if evict_on_failure:
                 self._failed(contact, max_failures=1)
+            if then is not None:
+                self._probe(then)
         finally:
             self._probing.discard(contact.node_id)
 
@@ -535,7 +549,6 @@ class Dht:
         want_value: bool = False,
         seeds: Iterable[Contact] | None = None,
         accept: Callable[[SkillRecord], bool] | None = None,
-        query: str = "",
     ) -> LookupResult:
         """Iterative lookup of ``target``; with ``want_value``, also collect the verified
         records stored there (those for which ``accept`` holds)."""
@@ -562,7 +575,7 @@ class Dht:
             # Value replies must fit a whole record even from a node that has not yet
             # seen our address answer, and read-only clients are never seen to answer.
             if want_value:
-                return FindValue(target, offset, ro=s.read_only, pad=VALUE_PAD, query=query)
+                return FindValue(target, offset, ro=s.read_only, pad=VALUE_PAD)
             return FindNode(target, ro=s.read_only, pad=VALUE_PAD if s.read_only else 0)
 
         def check() -> None:
@@ -678,6 +691,15 @@ class Dht:
             and r.message.ok
         )
 
+    async def report_unmet(self, key: bytes, query: str, contacts: Iterable[Contact]) -> None:
+        """Tell the nodes responsible for ``key`` (the closest a lookup that found no
+        records ended with) that nobody serves ``query``, so they count the demand."""
+        message = FindValue(key, ro=self.settings.read_only, pad=VALUE_PAD, query=query)
+        await asyncio.gather(
+            *(self.request(c.addr, message, expect=c.node_id) for c in contacts),
+            return_exceptions=True,
+        )
+
     # ------------------------------------------------------------------ publishing
 
     async def publish(self, record: SkillRecord, resign: Callable[[], SkillRecord]) -> int:
@@ -752,8 +774,20 @@ class Dht:
                 f"none of {len(attempts)} bootstrap peers answered "
                 f"({', '.join(f'{h}:{p}' for h, p in addr_list[:3]) or 'remembered peers'})"
             )
-        await self.lookup(self.identity.node_id, seeds=alive)
+        await self._explore_neighbourhood(seeds=alive)
         return len(self.table)
+
+    async def _explore_neighbourhood(self, seeds: Iterable[Contact] | None = None) -> None:
+        """Look up our own id, then mark every bucket nearer than the k-th closest node
+        found as fresh: that lookup saw everyone there is to see in them."""
+        own = self.identity.node_id
+        found = await self.lookup(own, seeds=seeds)
+        complete = ID_BITS - 1
+        if len(found.closest) >= self.settings.k:
+            complete = bucket_index(own, found.closest[-1].node_id)
+        now = asyncio.get_running_loop().time()
+        for index in range(complete + 1):
+            self.table.touch(index, now)
 
     async def refresh(self) -> int:
         """Kademlia's bucket refresh: find peers for the buckets nobody touched lately.
@@ -773,15 +807,9 @@ class Dht:
         lookups = 0
         known = self.table.closest(own, k)
         if len(known) < k or stale[0] <= bucket_index(own, known[-1].node_id):
-            found = await self.lookup(own)
+            await self._explore_neighbourhood()
             lookups += 1
-            complete = ID_BITS - 1
-            if len(found.closest) >= k:
-                complete = bucket_index(own, found.closest[-1].node_id)
-            now = loop.time()
-            for index in range(complete + 1):
-                self.table.touch(index, now)
-            stale = self.table.stale_buckets(now, interval)
+            stale = self.table.stale_buckets(loop.time(), interval)
         for index in stale:
             target = random_id_in_bucket(own, index, self.entropy(32))
             await self.lookup(target)

@@ -56,7 +56,13 @@ from knarr.node.mail import (
 )
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
 from knarr.node.routing import AddResult, bucket_index
-from knarr.node.settlement import SettlementDesk, SettlementRefused, SettlePropose, SettleReply
+from knarr.node.settlement import (
+    Delegation,
+    SettlementDesk,
+    SettlementRefused,
+    SettlePropose,
+    SettleReply,
+)
 from knarr.node.store import Store
 from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
 from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes, TaskRefusal
@@ -165,7 +171,7 @@ class Node:
         self._mail_wakeup = asyncio.Event()
         self._mail_task: asyncio.Task[None] | None = None
         self._peer_keys: dict[bytes, bytes] = {}
-        self.settlements = SettlementDesk(self.identity, self.ledger, entropy)
+        self.settlements = SettlementDesk(self.identity, self.ledger, entropy, clock=clock)
         self.tasks.on_request = self._on_request
         self.tasks.answers = (SettlePropose, MailMessage)
         self.events = EventLog(clock=clock)
@@ -473,17 +479,18 @@ class Node:
             raise ValueError("give exactly one of name= or tag=")
         if name is not None:
             result = await self.dht.lookup(
-                skill_key(name), want_value=True, accept=lambda r: r.name == name,
-                query=f"skill:{name}",
+                skill_key(name), want_value=True, accept=lambda r: r.name == name
             )
         else:
             assert tag is not None
             result = await self.dht.lookup(
-                tag_key(tag), want_value=True, accept=lambda r: tag in r.tags,
-                query=f"tag:{tag}",
+                tag_key(tag), want_value=True, accept=lambda r: tag in r.tags
             )
         if not result.records:
-            self._unmet("skill" if name is not None else "tag", name or tag or "")
+            kind, what = ("skill", name) if name is not None else ("tag", tag or "")
+            self._unmet(kind, what)
+            key = skill_key(what) if name is not None else tag_key(what)
+            await self.dht.report_unmet(key, f"{kind}:{what}", result.closest)
         for record in result.records:
             if record.slot not in self._discovered:
                 self.events.emit("skill.discovered", **record.to_dict())
@@ -650,18 +657,28 @@ class Node:
             return self._receive_mail(env, env.message)
         if isinstance(env.message, SettlePropose):
             try:
-                return self.settlements.answer(env.public_key, env.nonce, env.message)
+                reply = self.settlements.answer(env.public_key, env.nonce, env.message)
             except (InvalidReceipt, ValueError) as exc:
-                return SettleReply(env.nonce, False, why=str(exc)[:200])
+                reply = SettleReply(env.nonce, False, why=str(exc)[:200])
+            statement = env.message.statement
+            self.events.emit(
+                "settlement.inbound", peer=env.sender_id.hex(), id=statement.id.hex(),
+                amount=statement.amount / 1e6, ok=reply.ok, why=reply.why,
+                delegated=bool(env.message.cert),
+                direction="in" if statement.creditor == self.identity.node_id else "out",
+            )
+            return reply
         return None
 
-    async def settle(self, peer: str, *, timeout: float = 30.0) -> Statement | None:
+    async def settle(
+        self, peer: str, *, timeout: float = 30.0, delegation: Delegation | None = None
+    ) -> Statement | None:
         """Agree with ``peer`` (a node id) on the net of our unsettled receipts and book
         it on both sides. ``None`` if nothing is owed; :class:`SettlementRefused` if the
-        peer's books differ."""
+        peer's books differ. With ``delegation``, the delegate key signs the proposal."""
         self._check_started()
         peer_id = bytes.fromhex(peer)
-        proposal = self.settlements.propose(peer_id)
+        proposal = self.settlements.propose(peer_id, delegation)
         if proposal is None:
             return None
         key = self.ledger.peer_key(peer)

@@ -240,7 +240,8 @@ class TaskServer:
             self.refused += 1
             self._reply(env, error_payload(refusal.code, str(refusal)), writer)
             return
-        price = to_micro(policy.price)
+        own = env.public_key == self._crypto.identity.public_key
+        price = 0 if own else to_micro(policy.price)  # a node never charges itself
         books = self._accounting
         try:
             if books is not None:
