@@ -88,10 +88,7 @@ async def open_feed(args: argparse.Namespace) -> Feed:
 
 async def run(args: argparse.Namespace) -> int:
     feed = await open_feed(args)
-    from knarr.tui.app import KnarrConsole  # Textual loads only for this command
+    from knarr.tui.app import run_console_async  # Textual loads only for this command
 
-    try:
-        await KnarrConsole(feed, theme=args.theme).run_async()
-    finally:
-        await feed.close()
+    await run_console_async(feed=feed, theme=args.theme)
     return 0

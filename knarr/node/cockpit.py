@@ -20,6 +20,7 @@ use nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -79,7 +80,9 @@ class Cockpit:
         self.socket_path = data_dir / SOCKET_NAME
         self.token = load_or_create_token(data_dir) if port is not None else None
         self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
         self.started = time.time()
+        self.boot_id = secrets.token_hex(8)
 
     # ------------------------------------------------------------------ server
 
@@ -104,7 +107,9 @@ class Cockpit:
         return app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists() or self.socket_path.is_symlink():
@@ -123,6 +128,8 @@ class Cockpit:
             self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"node stopping")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -151,6 +158,8 @@ class Cockpit:
         return web.json_response({
             "status": "ok" if node.running else "starting",
             "node_id": node.node_id,
+            "started": self.started,
+            "boot_id": self.boot_id,
             "uptime": time.time() - self.started,
             "version": __version__,
             "api": API_VERSION,
@@ -242,19 +251,26 @@ class Cockpit:
             raise web.HTTPBadRequest(text="since must be an integer") from None
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
-        follower = self.node.events.follow(since)
-        reader = _drain_incoming(ws)
-        try:
-            async for event in follower:
+        self._sockets.add(ws)
+
+        async def forward() -> None:
+            async for event in self.node.events.follow(since):
                 if ws.closed:
                     break
                 message = {"type": "reset"} if event is None else event.to_dict()
                 await ws.send_str(json.dumps(message))
-        except (ConnectionError, RuntimeError):
-            pass
+
+        sender = asyncio.ensure_future(forward())
+        reader = _drain_incoming(ws)
+        try:
+            # Whichever ends first (the client left, or sending failed) ends both, so a
+            # departed console never holds the node's shutdown.
+            await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            await follower.aclose()  # type: ignore[attr-defined]
+            for task in (sender, reader):
+                task.cancel()
+            await asyncio.gather(sender, reader, return_exceptions=True)
+            self._sockets.discard(ws)
         return ws
 
     # ------------------------------------------------------------------ actions
@@ -329,14 +345,11 @@ class Cockpit:
 
 
 def _loop_time() -> float:
-    import asyncio
-
     return asyncio.get_running_loop().time()
 
 
 def _drain_incoming(ws: web.WebSocketResponse) -> Any:
     """Read (and ignore) what the client sends, so pings and close frames are handled."""
-    import asyncio
 
     async def read() -> None:
         async for message in ws:

@@ -554,12 +554,14 @@ class Node:
     def record_journal(self, kind: str, event: str, data: Mapping[str, Any]) -> None:
         """Keep an event the operator should see later (a watchman restart, a recipe
         firing) in the database, and stream it."""
-        payload = {k: v for k, v in data.items() if k != "event"}
+        payload = {k: v for k, v in data.items() if k not in ("event", "id")}
+        now = self.clock()
         self.store.execute(
             "INSERT INTO journal(kind, time, event, data) VALUES(?, ?, ?, ?)",
-            (kind, self.clock(), event, json.dumps(payload, default=str)),
+            (kind, now, event, json.dumps(payload, default=str)),
         )
-        self.events.emit(kind, event=event, **payload)
+        row_id = self.store.execute("SELECT last_insert_rowid()")[0][0]
+        self.events.emit(kind, event=event, id=row_id, time=now, **payload)
 
     def journal(self, kind: str, limit: int = 500) -> list[dict[str, Any]]:
         rows = self.store.execute(
@@ -694,8 +696,12 @@ class Node:
         if not isinstance(env.message, SettleReply):
             raise RemoteProtocolError("the peer answered a settlement with something else")
         self.settlements.conclude(proposal, env.message, key)
-        self.events.emit("settlement", peer=peer, amount=proposal.statement.amount / 1e6,
-                         id=proposal.statement.id.hex())
+        statement = proposal.statement
+        signed = statement.amount if statement.creditor == self.identity.node_id else (
+            -statement.amount
+        )
+        self.events.emit("settlement", peer=peer, amount=signed / 1e6, id=statement.id.hex(),
+                         note="amount > 0: the peer paid us; < 0: we paid the peer")
         return proposal.statement
 
     async def request(

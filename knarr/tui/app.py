@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import events, on, work
@@ -21,7 +22,7 @@ from textual.widgets import Input
 from knarr.errors import KnarrError
 from knarr.tui import messages as msg
 from knarr.tui.commands import ConsoleCommands
-from knarr.tui.feed import SNAPSHOTS, Feed, FeedEvent, Link, Synced
+from knarr.tui.feed import SNAPSHOTS, CockpitFeed, Feed, FeedEvent, Link, Synced
 from knarr.tui.model import ConsoleModel, RowChange, stale_after
 from knarr.tui.screens.call import CallScreen
 from knarr.tui.screens.detail import DetailScreen, PeerScreen, RecordScreen, SkillScreen
@@ -139,11 +140,11 @@ class KnarrConsole(App[None]):
             self._inflight += len(wanted)
             for name in wanted:
                 try:
-                    data = await self.feed.fetch(name)
+                    data, taken = await self.feed.fetch_dated(name)
                 except KnarrError:
                     self._inflight -= 1
                     continue
-                self.post_message(msg.PanelFetched(name, data, self.feed.clock()))
+                self.post_message(msg.PanelFetched(name, data, taken))
             if self.resync_interval > 0:
                 await asyncio.sleep(self.resync_interval)
 
@@ -234,7 +235,7 @@ class KnarrConsole(App[None]):
 
     def _show(self, changes: list[RowChange]) -> None:
         self._main.apply(changes)
-        self._main.refresh_titles()
+        self._main.refresh_summary()
         self.refresh_header()
         if isinstance(self.screen, DetailScreen):
             self.screen.refresh_view()
@@ -257,7 +258,7 @@ class KnarrConsole(App[None]):
             link=self.link,
             updated_ago=None if updated is None else now - updated,
             paused=self.paused,
-            held=len(self._held),
+            held=sum(isinstance(h, msg.EventArrived) for h in self._held),
             source=self.feed.label,
         ))
 
@@ -354,3 +355,22 @@ class KnarrConsole(App[None]):
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         if not self.blink and isinstance(event.widget, Input):
             event.widget.cursor_blink = False
+
+
+async def run_console_async(
+    *,
+    feed: Feed | None = None,
+    socket_path: str | Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    token: str | None = None,
+    theme: str = "dark",
+) -> None:
+    """Run the console in the current event loop until the operator quits: on ``feed``,
+    or on the cockpit at ``socket_path`` (or ``host``:``port`` with ``token``)."""
+    if feed is None:
+        feed = CockpitFeed(socket_path=socket_path, host=host, port=port, token=token)
+    try:
+        await KnarrConsole(feed, theme=theme).run_async()
+    finally:
+        await feed.close()

@@ -126,6 +126,11 @@ class Feed(ABC):
     async def fetch(self, name: str) -> Any:
         """One snapshot (one of :data:`SNAPSHOTS`), as the cockpit returns it."""
 
+    async def fetch_dated(self, name: str) -> tuple[Any, float]:
+        """One snapshot and the time it was taken."""
+        data = await self.fetch(name)
+        return data, self.clock()
+
     async def fetch_all(self) -> Synced:
         """Every snapshot, with the sequence number they are at least as new as."""
         status = await self.fetch("status")
@@ -144,8 +149,9 @@ class Feed(ABC):
                    timeout: float = 30.0) -> dict[str, Any]:
         """Run ``skill`` on the network through the node (``POST /v1/call``)."""
 
+    @abstractmethod
     async def close(self) -> None:
-        """Release connections."""
+        """Stop following and release connections."""
 
 
 # ---------------------------------------------------------------------- the cockpit
@@ -179,6 +185,7 @@ class CockpitFeed(Feed):
         self.request_timeout = request_timeout
         self._session: aiohttp.ClientSession | None = None
         self._node_id: str | None = None
+        self._started = 0.0
         self._closed = False
 
     def clock(self) -> float:
@@ -265,11 +272,11 @@ class CockpitFeed(Feed):
                     yield self.link
                 first = False
                 health = await self.probe()
-                fresh_node = health["node_id"] != self._node_id
-                restarted = int(health.get("last_event", 0)) < self.last_seq
-                if fresh_node or restarted:
+                if self._needs_sync(health):
                     synced = await self.fetch_all()
                     self._node_id = str(health["node_id"])
+                    status = synced.snapshots.get("status") or {}
+                    self._started = float(status.get("started", 0.0) or 0.0)
                     self.last_seq = synced.seq
                     yield synced
                 async for item in self._stream():
@@ -290,6 +297,16 @@ class CockpitFeed(Feed):
             self.link = Link(LinkState.RECONNECTING, detail, retry_in=delay)
             yield self.link
             await asyncio.sleep(delay)
+
+    def _needs_sync(self, health: Mapping[str, Any]) -> bool:
+        """Is this another node, or the same node restarted (its event numbers begin
+        again), rather than the process we were following?"""
+        if health["node_id"] != self._node_id:
+            return True
+        if int(health.get("last_event", 0)) < self.last_seq:
+            return True
+        started = self.clock() - float(health.get("uptime", 0.0))
+        return abs(started - self._started) > 0.5
 
     async def _stream(self) -> AsyncIterator[FeedItem]:
         url = f"{self._base}/v1/events?since={self.last_seq}"
@@ -359,10 +376,12 @@ class RecordedFeed(Feed):
         meta = next((i for i in self.items if i.get("kind") == "meta"), {})
         self.meta: Mapping[str, Any] = meta
         times = [float(i["time"]) for i in self.items if "time" in i]
-        self.until = float(meta.get("until", max(times, default=0.0)))
+        times += [float(i["event"]["time"]) for i in self.items if i.get("kind") == "event"]
+        self.until = max([float(meta.get("until", 0.0)), *times])
         self._now = min(times, default=self.until) if pace > 0 else self.until
         self._mark = 0.0
         self._current: dict[str, Any] = {}
+        self._taken: dict[str, float] = {}
         self.link = Link(LinkState.RECORDED, self.label)
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -393,6 +412,9 @@ class RecordedFeed(Feed):
             raise ValueError(f"unknown snapshot {name!r}")
         return self._current.get(name, {} if name in ("status", "skills", "ledger") else [])
 
+    async def fetch_dated(self, name: str) -> tuple[Any, float]:
+        return await self.fetch(name), self._taken.get(name, self._now)
+
     async def follow(self) -> AsyncIterator[FeedItem]:
         yield self.link
         index = 0
@@ -403,30 +425,39 @@ class RecordedFeed(Feed):
             index += 1
             kind = item.get("kind")
             if kind == "snapshot":
-                self._current[str(item["name"])] = item["data"]
+                self._keep(item)
                 # The first complete set of snapshots is the initial sync.
                 if not synced and all(n in self._current for n in SNAPSHOTS):
                     synced = True
                     self.last_seq = int(item.get("seq", 0))
-                    self._advance(float(item.get("time", self._now)))
-                    yield Synced(dict(self._current), self.last_seq, self.clock())
+                    taken = float(item.get("time", self._now))
+                    self._advance(taken)
+                    yield Synced(dict(self._current), self.last_seq, taken)
             elif kind == "event":
                 event = FeedEvent.from_dict(item["event"])
                 # Snapshots recorded right after an event are what a client fetching
                 # after it would have seen: make them visible before the event is.
                 while index < len(items) and items[index].get("kind") == "snapshot":
-                    self._current[str(items[index]["name"])] = items[index]["data"]
+                    self._keep(items[index])
                     index += 1
                 await self._wait_until(event.time)
                 self.last_seq = event.seq
                 self._advance(event.time)
                 yield event
             elif kind == "link":
+                if "time" in item:
+                    await self._wait_until(float(item["time"]))
+                    self._advance(float(item["time"]))
                 self.link = Link(LinkState(item["state"]), str(item.get("detail", "")),
                                  item.get("retry_in"))
                 yield self.link
         if self.hold:
             await asyncio.Event().wait()
+
+    def _keep(self, item: Mapping[str, Any]) -> None:
+        name = str(item["name"])
+        self._current[name] = item["data"]
+        self._taken[name] = float(item.get("time", self._now))
 
     async def _wait_until(self, when: float) -> None:
         if self.pace <= 0:
@@ -434,6 +465,9 @@ class RecordedFeed(Feed):
         gap = min(self.max_gap, max(0.0, when - self.clock()) / self.pace)
         if gap > 0:
             await asyncio.sleep(gap)
+
+    async def close(self) -> None:
+        self.hold = False
 
     async def call(self, skill: str, data: Mapping[str, Any], *,
                    timeout: float = 30.0) -> dict[str, Any]:

@@ -89,10 +89,10 @@ PANELS: tuple[Panel, ...] = (
     ), "created", True, "none yet: no task was provided or consumed"),
     Panel("recipes", "Recipe firings", (
         Column("time", "When", "age", 5),
-        Column("recipe", "Recipe", "text", 18),
-        Column("event", "Event", "text", 10),
+        Column("recipe", "Recipe", "text", 16),
+        Column("event", "Event", "text", 8),
         Column("action", "Action", "text", 8),
-        Column("detail", "Detail", "text", 24),
+        Column("detail", "Detail", "text", 30),
     ), "time", True, "none yet: no recipe has fired", "Recipes"),
     Panel("watchman", "Watchman restarts", (
         Column("time", "When", "age", 5),
@@ -225,8 +225,9 @@ class ConsoleModel:
         own = self.node_id
         for local in data.get("local") or []:
             key = f"{own}/{local['name']}"
-            row = {**rows.get(key, {}), **skill_row({**local, "provider": own}), "local": True}
-            rows[key] = row
+            known = {k: v for k, v in skill_row({**local, "provider": own}).items()
+                     if v not in ("", None, {}, [])}
+            rows[key] = {**rows.get(key, skill_row({"provider": own})), **known, "local": True}
         return rows.items()
 
     def touch(self, at: float) -> None:
@@ -265,10 +266,10 @@ class ConsoleModel:
             return self._set("skills", key, {**self.rows["skills"].get(key, {}), **row})
         if event_type == "demand":
             key = f"{data['kind']}:{data['name']}"
-            old = self.rows["demand"].get(key)
-            row = ({**old, "count": int(old.get("count", 0)) + 1, "last_seen": at} if old
-                   else {"kind": data["kind"], "name": data["name"], "count": 1,
-                         "first_seen": at, "last_seen": at})
+            wanted = self.rows["demand"].get(key)
+            row = ({**wanted, "count": int(wanted.get("count", 0)) + 1, "last_seen": at}
+                   if wanted else {"kind": data["kind"], "name": data["name"], "count": 1,
+                                   "first_seen": at, "last_seen": at})
             return self._set("demand", key, row)
         if event_type in ("task.provided", "task.consumed"):
             role = event_type.removeprefix("task.")
@@ -281,7 +282,7 @@ class ConsoleModel:
             return self._set("ledger", key, {**self.rows["ledger"].get(key, {}), **row})
         if event_type == "settlement":
             peer = str(data.get("peer", ""))
-            self._note(peer, at, f"settled {float(data.get('amount', 0)):+g} credits")
+            self._note(peer, at, f"settled {abs(float(data.get('amount', 0))):g} credits")
         return []
 
     def _set(self, panel: str, key: str, row: Row) -> list[RowChange]:

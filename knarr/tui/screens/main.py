@@ -90,9 +90,9 @@ class MainScreen(Screen[None]):
         for panel_id, panel_changes in grouped.items():
             self.panel(panel_id).apply(panel_changes)
 
-    def refresh_titles(self) -> None:
-        for panel in self.query(PanelView):
-            panel._update_title()
+    def refresh_summary(self) -> None:
+        """The ledger's totals line (totals can change without any row changing)."""
+        self.panel("ledger").update_title()
 
     def show_state(self, state: HeaderState) -> None:
         self.query_one(ConsoleHeader).show(state)

@@ -88,7 +88,9 @@ def cell(column: Column, value: Any, *, now: float, own: str) -> Cell:
         return Cell(f"{amount:+.2f}" if amount else "0.00", amount, justify="right",
                     style=style)
     if kind == "ms":
-        return Cell(f"{float(value):.1f}", float(value), justify="right")
+        ms = float(value)
+        return Cell(f"{ms:.0f}" if ms.is_integer() or ms >= 100 else f"{ms:.1f}", ms,
+                    justify="right")
     text = str(value)
     style = "red" if column.key == "outcome" and text not in ("completed", "ok") else ""
     return Cell(text, text.lower(), style=style)
@@ -125,7 +127,7 @@ class PanelView(Vertical):
         yield Static(self.panel.empty, classes="empty")
 
     def on_mount(self) -> None:
-        self._update_title()
+        self.update_title()
 
     @property
     def table(self) -> PanelTable:
@@ -184,7 +186,7 @@ class PanelView(Vertical):
         if resort:
             self._sort()
         self._keep_cursor(keep)
-        self._update_title()
+        self.update_title()
 
     def rebuild(self) -> None:
         """Show exactly the model's rows that pass the filter (after the filter changed)."""
@@ -202,7 +204,7 @@ class PanelView(Vertical):
             table.add_row(*self._cells(rows[key]), key=key)
         self._sort()
         self._keep_cursor(keep)
-        self._update_title()
+        self.update_title()
 
     def refresh_ages(self) -> None:
         """Re-render the "how long ago" cells against the clock."""
@@ -246,7 +248,7 @@ class PanelView(Vertical):
         table.refresh()
         self._sort()
         self._keep_cursor(keep)
-        self._update_title()
+        self.update_title()
 
     def cycle_sort(self) -> None:
         keys = [c.key for c in self.panel.columns]
@@ -265,7 +267,8 @@ class PanelView(Vertical):
 
     # ------------------------------------------------------------------ title
 
-    def _update_title(self) -> None:
+    def update_title(self) -> None:
+        """The border: row count, filter, sort, and the ledger's totals."""
         table = self.table
         total = len(self.model.rows[self.panel.id])
         shown = table.row_count
