@@ -63,7 +63,13 @@ async def client_node(args: argparse.Namespace) -> AsyncIterator[Node]:
         raise ConfigError(f"--port: expected 0..65535, got {args.port}")
     if not args.timeout > 0:
         raise ConfigError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
-    node = Node("0.0.0.0", args.port, settings=DhtSettings(read_only=True))
+    # A client that only talks to loopback peers listens on loopback only.
+    local = all(
+        parse_hostport(e, source="--bootstrap")[0] in ("127.0.0.1", "localhost", "::1")
+        for e in bootstrap
+    )
+    host = "127.0.0.1" if local and bootstrap else "0.0.0.0"
+    node = Node(host, args.port, settings=DhtSettings(read_only=True))
     await node.start()
     try:
         await node.join(bootstrap)

@@ -39,6 +39,10 @@ class Ledger:
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
+        # peer -> balance as of the last commit, filled on first use: summing a peer's
+        # whole history for every task made providers slower with every task served.
+        # The node process is the only writer of its books while it runs.
+        self._balances: dict[str, int] = {}
 
     # ------------------------------------------------------------------ receipts
 
@@ -65,6 +69,8 @@ class Ledger:
                     [(receipt.id, f"peer:{peer}", sign * charged, now),
                      (receipt.id, role, -sign * charged, now)],
                 )
+        if charged and peer in self._balances:
+            self._balances[peer] += (1 if role == "provided" else -1) * charged
         return True
 
     def receipts(self, *, peer: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -94,11 +100,19 @@ class Ledger:
 
     # ------------------------------------------------------------------ balances
 
+    def reload(self) -> None:
+        """Forget cached balances (after the database was changed by another process)."""
+        self._balances.clear()
+
     def balance(self, peer: str) -> int:
-        rows = self.store.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account = ?", (f"peer:{peer}",)
-        )
-        return int(rows[0][0])
+        cached = self._balances.get(peer)
+        if cached is None:
+            rows = self.store.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account = ?",
+                (f"peer:{peer}",),
+            )
+            cached = self._balances[peer] = int(rows[0][0])
+        return cached
 
     def balances(self) -> list[Balance]:
         rows = self.store.execute(
@@ -170,6 +184,7 @@ class Ledger:
             self.store.executemany(
                 "UPDATE receipts SET settlement = ? WHERE id = ?", [(sid, i) for i in ids]
             )
+        self._balances.pop(peer, None)
         return True
 
     def settlements(self, limit: int = 100) -> list[dict[str, Any]]:
