@@ -4,19 +4,26 @@ The proposer signs a :class:`~knarr.node.economy.Statement` of the net amount an
 hash of the receipts it covers; the other side recomputes both from its own books and
 countersigns only if they match exactly. Each side books the settlement only with both
 signatures, and a disagreement is reported with both views, never accepted.
+
+A node may let a *delegate* key (Thrall's) sign proposals for it: the proposal then
+carries a :class:`DelegateCertificate`, signed by the node identity, that names the
+delegate key, its scope, a daily ceiling and an expiry. The other side checks the chain
+(envelope signed by the node, certificate signed by the same node, statement signed by
+the delegate) and refuses proposals past the ceiling.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from knarr.errors import KnarrError, MistypedMessage
-from knarr.node import wire
-from knarr.node.economy import InvalidReceipt, Statement, to_credits
-from knarr.node.identity import Identity, node_id_of
+from knarr.errors import KnarrError, MistypedMessage, RemoteProtocolError
+from knarr.node import cbor, wire
+from knarr.node.economy import VERSION, InvalidReceipt, Statement, to_credits
+from knarr.node.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of, verify
 from knarr.node.ledger import Ledger
 from knarr.node.wire import NONCE_SIZE, MsgType, Reply, Request, _bytes, _flag, _only, _text
 
@@ -25,18 +32,106 @@ class SettlementRefused(KnarrError):
     """The peer does not agree with our view of what is owed."""
 
 
+DELEGATE_MAGIC = b"DG"
+DELEGATE_SCOPE = "settle"
+_CERT_FIELDS = frozenset({"node", "key", "scope", "ceiling", "expires"})
+MAX_CERTIFICATE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DelegateCertificate:
+    """The node identity's signed word that ``key`` may sign settlements for it, up to
+    ``ceiling`` micro-credits of spending per UTC day, until ``expires`` (Unix seconds)."""
+
+    node_key: bytes
+    key: bytes
+    scope: str
+    ceiling: int
+    expires: int
+    signature: bytes = b""
+
+    def body(self) -> bytes:
+        return DELEGATE_MAGIC + bytes([VERSION]) + cbor.encode({
+            "node": self.node_key, "key": self.key, "scope": self.scope,
+            "ceiling": self.ceiling, "expires": self.expires,
+        })
+
+    def encode(self) -> bytes:
+        return self.body() + self.signature
+
+    @classmethod
+    def issue(cls, identity: Identity, key: bytes, *, ceiling: int, expires: int,
+              scope: str = DELEGATE_SCOPE) -> DelegateCertificate:
+        unsigned = cls(identity.public_key, key, scope, ceiling, expires)
+        return cls(identity.public_key, key, scope, ceiling, expires,
+                   identity.sign(unsigned.body()))
+
+    @classmethod
+    def parse(cls, raw: bytes) -> DelegateCertificate:
+        """A certificate whose signature verifies; :class:`InvalidReceipt` if not."""
+        if not MAX_CERTIFICATE >= len(raw) > 3 + SIGNATURE_SIZE or raw[:2] != DELEGATE_MAGIC:
+            raise InvalidReceipt("not a delegate certificate")
+        if raw[2] != VERSION:
+            raise InvalidReceipt(f"unsupported delegate certificate version {raw[2]}")
+        try:
+            body = cbor.decode(raw[3:-SIGNATURE_SIZE], max_depth=1, max_items=8)
+        except RemoteProtocolError as exc:
+            raise InvalidReceipt(f"delegate certificate is malformed: {exc}") from exc
+        if not isinstance(body, dict) or body.keys() != _CERT_FIELDS:
+            raise InvalidReceipt("delegate certificate has missing or unexpected fields")
+        cert = cls(body["node"], body["key"], body["scope"], body["ceiling"], body["expires"],
+                   raw[-SIGNATURE_SIZE:])
+        ok = (
+            isinstance(cert.node_key, bytes) and len(cert.node_key) == PUBLIC_KEY_SIZE
+            and isinstance(cert.key, bytes) and len(cert.key) == PUBLIC_KEY_SIZE
+            and isinstance(cert.scope, str) and len(cert.scope) <= 32
+            and type(cert.ceiling) is int and cert.ceiling >= 0
+            and type(cert.expires) is int and cert.expires >= 0
+        )
+        if not ok:
+            raise InvalidReceipt("delegate certificate fields have the wrong types")
+        try:
+            verify(cert.node_key, raw[:-SIGNATURE_SIZE], cert.signature)
+        except RemoteProtocolError as exc:
+            raise InvalidReceipt("delegate certificate signature does not verify") from exc
+        return cert
+
+    def authorise(self, issuer_key: bytes, now: float, scope: str = DELEGATE_SCOPE) -> None:
+        """Raise :class:`InvalidReceipt` unless ``issuer_key`` issued this for ``scope``
+        and it has not expired."""
+        if self.node_key != issuer_key:
+            raise InvalidReceipt("the delegate certificate was issued by another node")
+        if self.scope != scope:
+            raise InvalidReceipt(f"the delegate certificate is for {self.scope!r}, not {scope!r}")
+        if now >= self.expires:
+            raise InvalidReceipt("the delegate certificate has expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Delegation:
+    """A delegate key and the certificate that authorises it."""
+
+    key: Identity
+    certificate: DelegateCertificate
+
+
 @dataclass(frozen=True, slots=True)
 class SettlePropose(Request):
-    """A signed proposal to settle the receipts between us."""
+    """A signed proposal to settle the receipts between us; with ``cert``, signed by the
+    delegate key that the certificate names."""
 
     TYPE = MsgType.SETTLE_PROPOSE
-    FIELDS = frozenset({"stmt", "sig"})
+    FIELDS = frozenset({"stmt", "sig", "cert"})
     statement: Statement
     signature: bytes
+    cert: bytes = b""
     ro: bool = False
 
     def to_body(self) -> dict[str, Any]:
-        return {"stmt": self.statement.to_wire(), "sig": self.signature}
+        body: dict[str, Any] = {"stmt": self.statement.to_wire(), "sig": self.signature}
+        if self.cert:
+            body["cert"] = self.cert
+        return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> SettlePropose:
@@ -45,7 +140,10 @@ class SettlePropose(Request):
             statement = Statement.from_wire(body.get("stmt"))
         except InvalidReceipt as exc:
             raise MistypedMessage(str(exc)) from exc
-        return cls(statement, _bytes(body, "sig", 64))
+        cert = _bytes(body, "cert") if "cert" in body else b""
+        if "cert" in body and not 0 < len(cert) <= MAX_CERTIFICATE:
+            raise MistypedMessage(f"field 'cert' must be 1-{MAX_CERTIFICATE} bytes")
+        return cls(statement, _bytes(body, "sig", 64), cert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +189,20 @@ class SettlementDesk:
     """Proposes, checks and books settlements for one node."""
 
     def __init__(
-        self, identity: Identity, ledger: Ledger, entropy: Callable[[int], bytes] = os.urandom
+        self, identity: Identity, ledger: Ledger, entropy: Callable[[int], bytes] = os.urandom,
+        *, clock: Callable[[], float] = time.time,
     ) -> None:
         self.identity = identity
         self.ledger = ledger
         self.entropy = entropy
+        self.clock = clock
         self._proposed: dict[bytes, list[str]] = {}
+        self._delegated: dict[tuple[bytes, int], int] = {}
+        """(proposer, UTC day) → micro-credits its delegate spent with us that day."""
 
-    def propose(self, peer: bytes) -> SettlePropose | None:
+    def propose(self, peer: bytes, delegation: Delegation | None = None) -> SettlePropose | None:
         """A signed proposal over our unsettled receipts with ``peer`` (a node id), or
-        ``None`` when they net to zero."""
+        ``None`` when they net to zero. With ``delegation``, the delegate key signs it."""
         balance, receipts, ids = self.ledger.settlement_view(peer.hex())
         if balance == 0:
             return None
@@ -109,6 +211,9 @@ class SettlementDesk:
         statement = Statement(self.entropy(16), creditor, debtor, abs(balance), receipts,
                               len(ids))
         self._proposed[statement.id] = ids
+        if delegation is not None:
+            return SettlePropose(statement, delegation.key.sign(statement.encode()),
+                                 delegation.certificate.encode())
         return SettlePropose(statement, self.identity.sign(statement.encode()))
 
     def answer(self, proposer_key: bytes, nonce: bytes, proposal: SettlePropose) -> SettleReply:
@@ -118,7 +223,24 @@ class SettlementDesk:
         me = self.identity.node_id
         if {statement.creditor, statement.debtor} != {proposer, me}:
             return SettleReply(nonce, False, why="the statement is not between us")
-        statement.verify(proposer_key, proposal.signature)
+        spend: tuple[bytes, int] | None = None
+        if proposal.cert:
+            cert = DelegateCertificate.parse(proposal.cert)
+            now = self.clock()
+            cert.authorise(proposer_key, now)
+            statement.verify(cert.key, proposal.signature)
+            if statement.debtor == proposer:
+                spend = (proposer, int(now // 86400))
+                spent = self._delegated.get(spend, 0)
+                if spent + statement.amount > cert.ceiling:
+                    return SettleReply(
+                        nonce, False,
+                        why=(f"past the delegate's daily ceiling: {to_credits(spent):g} of"
+                             f" {to_credits(cert.ceiling):g} credits spent today, this would"
+                             f" add {to_credits(statement.amount):g}"),
+                    )
+        else:
+            statement.verify(proposer_key, proposal.signature)
         balance, receipts, ids = self.ledger.settlement_view(proposer.hex())
         count = len(ids)
         ours = balance if statement.creditor == me else -balance
@@ -135,6 +257,8 @@ class SettlementDesk:
             statement, peer=proposer.hex(), our_sig=signature, their_sig=proposal.signature,
             we_are_creditor=statement.creditor == me, ids=ids,
         )
+        if spend is not None:
+            self._delegated[spend] = self._delegated.get(spend, 0) + statement.amount
         return SettleReply(nonce, True, signature)
 
     def conclude(self, proposal: SettlePropose, reply: SettleReply, peer_key: bytes) -> None:

@@ -24,7 +24,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +51,8 @@ class SimConfig:
     duration: float = 0.0
     join_period: float = 300.0
     settle: float = 120.0
+    publish_period: float = 60.0
+    availability_pause: float = 1.0
     bootstrap: int = 8
     latency: LatencyModel = field(default_factory=LatencyModel)
     sybil: int = 0
@@ -133,8 +135,8 @@ class Scenario:
 
     # ------------------------------------------------------------------ helpers
 
-    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.append(task)
         return task
 
@@ -231,10 +233,10 @@ class Scenario:
         for i, peer in enumerate(chosen):
             name = f"skill-{i}"
             self.publishers.append((peer, name))
-            await self._at(start + i * 60.0 / max(1, len(chosen)))
+            await self._at(start + i * cfg.publish_period / max(1, len(chosen)))
             jobs.append(asyncio.ensure_future(self.swarm.publish(peer, name)))
         await asyncio.gather(*jobs)
-        await self._at(start + 60.0)
+        await self._at(start + cfg.publish_period)
         self.progress(f"publish: {len(chosen)} records published")
 
     def dead_phase(self) -> None:
@@ -308,14 +310,13 @@ class Scenario:
     async def availability_phase(self) -> None:
         live = [(p, n) for p, n in self.publishers if p.alive]
         askers = self.swarm.live()
-        checks = []
+        checks: list[asyncio.Future[Probe]] = []
         for i, (provider, name) in enumerate(live):
             asker = self.rng.choice(askers)
-            checks.append(self.swarm.find(asker, name, provider.node_id))
+            checks.append(asyncio.ensure_future(self.swarm.find(asker, name, provider.node_id)))
             if i % 50 == 49:
-                await asyncio.sleep(1.0)
-        # Started a few at a time (above) so they do not all hit the same instant.
-        probes = await asyncio.gather(*(asyncio.ensure_future(c) for c in checks))
+                await asyncio.sleep(self.config.availability_pause)
+        probes = await asyncio.gather(*checks)
         self.availability = [p.ok for p in probes]
         self.progress(f"availability: {sum(self.availability)}/{len(probes)} records found")
 
