@@ -20,16 +20,27 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
 
-PREFIX_LEN = 16
 NETWORK = "10.213"
+PREFIX_LEN = 16
+SUBNET = f"{NETWORK}.0.0/{PREFIX_LEN}"
 
 
 class NetnsCommandFailed(RuntimeError):
     """An ``ip`` command failed; the message carries its stderr."""
+
+
+def missing_prerequisite() -> str | None:
+    """Why namespace tests cannot run here, or ``None`` if they can."""
+    if os.geteuid() != 0:
+        return f"network namespaces need root (running as uid {os.geteuid()})"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    return None
 
 
 def ip(*args: str, check: bool = True) -> str:
@@ -102,9 +113,15 @@ class Topology:
     def _add_namespace(self, name: str) -> None:
         ip("netns", "add", name)
         self._created.append(name)
-        # No IPv6: the links stay silent apart from the nodes' own IPv4 traffic.
+        # No IPv6, so the links carry nothing but the nodes' own IPv4 traffic. Hygiene
+        # only (link-local chatter could not leave the bridge either): not checked.
         ip("netns", "exec", name, "sysctl", "-qw",
-           "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+           "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+           check=False)
+
+    def routes(self, host: Host) -> list[str]:
+        """``host``'s IPv4 routing table, one route per line."""
+        return [line.strip() for line in ip("-n", host.namespace, "-4", "route").splitlines()]
 
     def cut(self) -> None:
         """Take side a's end of the trunk down: the two halves can no longer talk."""
