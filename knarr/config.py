@@ -43,6 +43,12 @@ __all__ = [
     "NodeConfig",
     "SidecarConfig",
     "SkillConfig",
+    "ThrallCascadeConfig",
+    "ThrallConfig",
+    "ThrallLocalConfig",
+    "ThrallOllamaConfig",
+    "ThrallOpenAIConfig",
+    "ThrallTrustTiers",
     "Visibility",
     "check_handlers",
     "default_config",
@@ -154,6 +160,108 @@ class EconomyConfig:
         return self.credit.get(node_id, self.credit_limit)
 
 
+THRALL_BACKENDS: Final[tuple[str, ...]] = ("none", "local", "ollama", "openai")
+"""LLM backends Thrall can use; ``none`` sends every LLM recipe to its fallback."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThrallLocalConfig:
+    """``[thrall.local]``: llama-cpp-python in this process (the ``llm`` extra)."""
+
+    model_path: str = ""
+    """A GGUF file, relative to the config's folder."""
+    n_threads: int = 2
+    n_ctx: int = 1024
+    max_tokens: int = 96
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThrallOllamaConfig:
+    """``[thrall.ollama]``: an ollama server (``/api/generate``)."""
+
+    url: str = "http://127.0.0.1:11434"
+    model: str = "gemma3:1b"
+    temperature: float = 0.1
+    max_tokens: int = 128
+    num_ctx: int = 2048
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThrallOpenAIConfig:
+    """``[thrall.openai]``: any OpenAI-compatible chat completions API (metered)."""
+
+    url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key: str = ""
+    """The key itself; prefer ``api_key_env``."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key, used when ``api_key`` is empty."""
+    temperature: float = 0.1
+    max_tokens: int = 128
+    timeout: float = 20.0
+    cost_budget_daily: float = 0.0
+    """Most to spend per UTC day, in the currency of the prices below; 0 = unlimited."""
+    cost_per_1m_input: float = 0.15
+    cost_per_1m_output: float = 0.60
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThrallCascadeConfig:
+    """``[thrall.cascade]``: a small L1 model that drops noise before the L2 backend."""
+
+    enabled: bool = False
+    l1_backend: str = "local"
+    l1_model: str = ""
+    """Overrides the L1 backend's model (a GGUF path for ``local``); empty = its own."""
+    l1_prompt: str = "triage-l1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThrallTrustTiers:
+    """``[thrall.trust_tiers]``: node-id prefixes (hex); everyone else is ``unknown``."""
+
+    team: tuple[str, ...] = ()
+    """Your own nodes."""
+    known: tuple[str, ...] = ()
+    """Peers you trust."""
+
+    def tier_of(self, node_id: str) -> str:
+        node_id = node_id.lower()
+        if node_id and any(node_id.startswith(p) for p in self.team):
+            return "team"
+        if node_id and any(node_id.startswith(p) for p in self.known):
+            return "known"
+        return "unknown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThrallConfig:
+    """``[thrall]`` (Knarr-specific): the recipe engine, off unless ``enabled``."""
+
+    enabled: bool = False
+    recipes_dir: str = "recipes"
+    """Recipe TOML files (and ``prompts/``), relative to the config's folder."""
+    bundled: bool = True
+    """Also load the recipes that ship with knarr (a file of the same name overrides)."""
+    backend: str = "none"
+    """L2 LLM backend: one of :data:`THRALL_BACKENDS`."""
+    queue_timeout: float = 5.0
+    """Seconds an LLM evaluation waits for the backend before taking its fallback."""
+    max_queue: int = 16
+    """LLM evaluations allowed to wait; more take their fallback at once."""
+    tick_interval: float = 60.0
+    """Default ``on_tick`` interval in seconds."""
+    delegate_key: str = "thrall_delegate.key"
+    """The delegated settlement key file; deleting it revokes the key here."""
+    trust_tiers: ThrallTrustTiers = field(default_factory=ThrallTrustTiers)
+    local: ThrallLocalConfig = field(default_factory=ThrallLocalConfig)
+    ollama: ThrallOllamaConfig = field(default_factory=ThrallOllamaConfig)
+    openai: ThrallOpenAIConfig = field(default_factory=ThrallOpenAIConfig)
+    cascade: ThrallCascadeConfig = field(default_factory=ThrallCascadeConfig)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SidecarConfig:
     """``[sidecar]``: the HTTP asset store."""
@@ -210,6 +318,7 @@ class Config:
     bridges: Mapping[str, float] = field(default_factory=dict)
     """MCP server command → call timeout in seconds."""
     economy: EconomyConfig = field(default_factory=EconomyConfig)
+    thrall: ThrallConfig = field(default_factory=ThrallConfig)
     path: Path | None = None
     """The file this came from, as given; ``None`` when not read from a file."""
     base_dir: Path = field(default_factory=Path.cwd)
@@ -273,6 +382,7 @@ def parse_config(
         skills=_parse_skills(reader, data),
         bridges=_parse_bridges(reader, data),
         economy=_parse_economy(reader, data),
+        thrall=_parse_thrall(reader, data),
         path=None,
         base_dir=base,
         source=source,
@@ -336,12 +446,13 @@ def _field_names(cls: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-_SECTIONS: Final = ("node", "network", "sidecar", "skills", "bridges", "economy")
+_SECTIONS: Final = ("node", "network", "sidecar", "skills", "bridges", "economy", "thrall")
 _SECTION_CLASSES: Final[Mapping[str, type[Any]]] = {
     "node": NodeConfig,
     "network": NetworkConfig,
     "sidecar": SidecarConfig,
     "economy": EconomyConfig,
+    "thrall": ThrallConfig,
 }
 _SKILL_KEYS: Final = tuple(n for n in _field_names(SkillConfig) if n != "name")
 
@@ -532,6 +643,68 @@ def _parse_economy(r: _Reader, data: Mapping[str, Any]) -> EconomyConfig:
             limits[node_id.lower()] = r.number(value, key, 0.0)
         kw["credit"] = limits
     return EconomyConfig(**kw)
+
+
+_HEX_PREFIX_RE: Final = re.compile(r"[0-9a-fA-F]{1,64}")
+_THRALL_TABLES: Final[Mapping[str, type[Any]]] = {
+    "local": ThrallLocalConfig,
+    "ollama": ThrallOllamaConfig,
+    "openai": ThrallOpenAIConfig,
+    "cascade": ThrallCascadeConfig,
+}
+
+
+def _typed_fields(r: _Reader, cls: type[Any], t: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Values of a flat table whose dataclass fields are bool, int, float or str."""
+    r.check_keys(t, key, _field_names(cls))
+    kw: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in t.items():
+        k = _join(key, name)
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            kw[name] = r.boolean(value, k)
+        elif isinstance(default, int):
+            kw[name] = r.integer(value, k, 1)
+        elif isinstance(default, float):
+            kw[name] = r.number(value, k, 0.0)
+        elif isinstance(default, str):
+            kw[name] = r.string(value, k, allow_empty=True)
+    return kw
+
+
+def _parse_thrall(r: _Reader, data: Mapping[str, Any]) -> ThrallConfig:
+    t = r.section(data, "thrall")
+    flat = {k: v for k, v in t.items() if k not in _THRALL_TABLES and k != "trust_tiers"}
+    kw = _typed_fields(r, ThrallConfig, flat, "thrall")
+    if "backend" in kw:
+        kw["backend"] = r.choice(kw["backend"], "thrall.backend", THRALL_BACKENDS)
+    for name in ("recipes_dir", "delegate_key"):
+        if name in kw:
+            r.string(kw[name], f"thrall.{name}")
+    if "queue_timeout" in t:
+        r.number(t["queue_timeout"], "thrall.queue_timeout", 0.0, exclusive=True)
+    if "tick_interval" in t:
+        r.number(t["tick_interval"], "thrall.tick_interval", 0.0, exclusive=True)
+    if "trust_tiers" in t:
+        tiers = r.table(t["trust_tiers"], "thrall.trust_tiers")
+        r.check_keys(tiers, "thrall.trust_tiers", ("team", "known"))
+        found: dict[str, tuple[str, ...]] = {}
+        for tier, value in tiers.items():
+            key = f"thrall.trust_tiers.{tier}"
+            for i, prefix in enumerate(r.strings(value, key)):
+                if not _HEX_PREFIX_RE.fullmatch(prefix):
+                    r.fail(f"{key}[{i}]", "expected a node-id prefix of 1-64 hex characters, "
+                           f"got {_quote(prefix)}")
+            found[tier] = tuple(p.lower() for p in value)
+        kw["trust_tiers"] = ThrallTrustTiers(**found)
+    for name, cls in _THRALL_TABLES.items():
+        if name in t:
+            key = f"thrall.{name}"
+            kw[name] = cls(**_typed_fields(r, cls, r.table(t[name], key), key))
+    if "cascade" in kw and "l1_backend" in t["cascade"]:
+        r.choice(kw["cascade"].l1_backend, "thrall.cascade.l1_backend", THRALL_BACKENDS[1:])
+    return ThrallConfig(**kw)
 
 
 def _parse_bridges(r: _Reader, data: Mapping[str, Any]) -> dict[str, float]:

@@ -31,7 +31,7 @@ def __getattr__(name: str) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from knarr.cli import books, client, console, demo, init, mail, serve
+    from knarr.cli import books, client, console, demo, init, mail, serve, thrall
 
     parser = argparse.ArgumentParser(
         prog="knarr",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     books.add_parsers(sub)
     console.add_parser(sub)
     mail.add_parsers(sub)
+    thrall.add_parsers(sub)
     demo.add_parser(sub)
     return parser
 

@@ -21,6 +21,7 @@ from knarr.node.dht import DhtSettings
 from knarr.node.handlers import load_handlers, sheet_of
 from knarr.node.node import Node, outbound_address
 from knarr.node.upnp import Mapping, MiniupnpcGateway, PortMapper, wants_upnp
+from knarr.recipes.engine import Thrall
 
 log = logging.getLogger("knarr.serve")
 
@@ -183,8 +184,17 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     bridges: list[Bridge] = []
     mapper: PortMapper | None = None
+    thrall: Thrall | None = None
     try:
         await node.start()
+        if config.thrall.enabled:
+            source = config.path
+            thrall = Thrall(
+                node, config.thrall, base_dir=config.base_dir,
+                reload_config=(lambda: load_config(source).thrall) if source else None,
+                credit_limit_for=config.economy.limit_for,
+            )
+            thrall_report = (await thrall.start()).summary()
         say("Node ID", node.node_id)
         say("Listening", f"{node_cfg.host}:{node.port}")
         if node.sidecar_port and node.assets is not None:
@@ -195,6 +205,8 @@ async def run(args: argparse.Namespace) -> int:
         if node.cockpit is not None:
             say("Cockpit", str(node.cockpit.socket_path) + (
                 f" and 127.0.0.1:{node.cockpit.port}" if args.cockpit is not None else ""))
+        if thrall is not None:
+            say("Thrall", f"{thrall_report} (recipes in {thrall.recipes_dir})")
         if not node_cfg.advertise_host:
             warning = advertise_warning(advertise)
             if warning:
@@ -235,6 +247,8 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if thrall is not None:
+            await thrall.stop()
         for bridge in bridges:
             await bridge.stop()
         if mapper is not None:

@@ -561,7 +561,7 @@ class Node:
             (kind, now, event, json.dumps(payload, default=str)),
         )
         row_id = self.store.execute("SELECT last_insert_rowid()")[0][0]
-        self.events.emit(kind, event=event, id=row_id, time=now, **payload)
+        self.events.emit(kind, **{**payload, "event": event, "id": row_id, "recorded": now})
 
     def journal(self, kind: str, limit: int = 500) -> list[dict[str, Any]]:
         rows = self.store.execute(
