@@ -10,8 +10,10 @@ Each (implementation, size) case runs in a child process of this script, so that
 RSS baseline for the memory figure is clean and no sockets or tasks leak between cases.
 
     .venv/bin/python benchmarks/dht.py [--sizes 20,100,300] [--lookups 200] [--seed 1] [--json]
+    .venv/bin/python benchmarks/dht.py --render results.json   # the table of a --json run
+    .venv/bin/python benchmarks/dht.py --only knarr --sizes 100 --profile /tmp/prof
 
-Needs the ``bench`` extra (``pip install -e '.[bench]'``).
+Needs the ``bench`` extra (``pip install -e '.[bench]'``). Results: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import hashlib
+import importlib.util
 import json
 import logging
 import math
+import os
 import platform
 import random
 import subprocess
@@ -30,7 +35,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +72,7 @@ class Probe:
     hops: int | None
     queries: int | None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 class Swarm(Protocol):
@@ -112,7 +118,8 @@ class KnarrSwarm:
 
         async def traced(*args: Any, **kwargs: Any) -> Any:
             result = await lookup(*args, **kwargs)
-            self._last[i] = result
+            if kwargs.get("want_value"):  # find_skills; not the node's own upkeep lookups
+                self._last[i] = result
             return result
 
         node.dht.lookup = traced
@@ -145,18 +152,44 @@ class KnarrSwarm:
 # ------------------------------------------------------------------------------- kademlia
 
 
+def counting_crawl() -> type[Any]:
+    """kademlia's ``ValueSpiderCrawl`` counting its rounds and FIND_VALUE RPCs (imported
+    here, so that ``--only knarr`` runs without the ``bench`` extra)."""
+    from kademlia.crawling import ValueSpiderCrawl
+
+    class CountingCrawl(ValueSpiderCrawl):  # type: ignore[misc]
+        rounds = 0
+        rpcs = 0
+
+        async def find(self) -> Any:
+            self.rounds += 1
+            return await self._find(self.find_value)
+
+        async def find_value(self, peer: Any, node: Any) -> Any:
+            self.rpcs += 1
+            return await self.protocol.call_find_value(peer, node)
+
+    return CountingCrawl
+
+
 class KademliaSwarm:
     """``kademlia.network.Server`` instances. Lookups run the same crawl as
     ``Server.get`` but always over the network (see ``lookup``); hops are the crawl's
     rounds up to the one that returned the value, queries its FIND_VALUE RPCs."""
 
     def __init__(self, rng: random.Random) -> None:
+        from kademlia.node import Node as KNode
+        from kademlia.utils import digest
+
         self.rng = rng
         self.servers: list[Any] = []
         self.ports: list[int] = []
         self.alive: set[int] = set()
         self.value_size = 300
         self.local_hits = 0
+        self._crawl = counting_crawl()
+        self._node = KNode
+        self._digest = digest
 
     async def start(self, n: int) -> None:
         from kademlia.network import Server
@@ -180,32 +213,15 @@ class KademliaSwarm:
         nodes with k=20 every node holds every key, so ``get`` would measure a dict
         lookup. To compare network lookups, run get()'s crawl unconditionally, and count
         how often the shortcut would have applied (``local_hits``)."""
-        from kademlia.crawling import ValueSpiderCrawl
-        from kademlia.node import Node as KNode
-        from kademlia.utils import digest
-
         server = self.servers[requester]
-        dkey = digest(f"skill-{owner}")
+        dkey = self._digest(f"skill-{owner}")
         if server.storage.get(dkey) is not None:
             self.local_hits += 1
-        target = KNode(dkey)
+        target = self._node(dkey)
         nearest = server.protocol.router.find_neighbors(target)
         if not nearest:
             return Probe(False, None, 0)
-
-        class CountingCrawl(ValueSpiderCrawl):  # type: ignore[misc]
-            rounds = 0
-            rpcs = 0
-
-            async def find(self) -> Any:
-                self.rounds += 1
-                return await self._find(self.find_value)
-
-            async def find_value(self, peer: Any, node: Any) -> Any:
-                self.rpcs += 1
-                return await self.protocol.call_find_value(peer, node)
-
-        crawl = CountingCrawl(server.protocol, target, nearest, server.ksize, server.alpha)
+        crawl = self._crawl(server.protocol, target, nearest, server.ksize, server.alpha)
         value = await crawl.find()
         ok = value == reference_value(owner)
         return Probe(ok, crawl.rounds if ok else None, crawl.rpcs)
@@ -230,6 +246,7 @@ class LookupStats:
     p50_ms: float
     p95_ms: float
     mean_ms: float
+    cpu_p50_ms: float | None
     hops_mean: float | None
     queries_mean: float | None
     concurrency: int = 1
@@ -242,6 +259,7 @@ class CaseResult:
     join_total_s: float
     join_mean_ms: float
     publish_total_s: float
+    published: int
     value_bytes: int
     rss_per_node_kib: float
     steady: LookupStats
@@ -258,6 +276,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(probes: list[Probe], concurrency: int = 1) -> LookupStats:
+    if not probes:
+        return LookupStats(
+            0, math.nan, math.nan, math.nan, math.nan, None, None, None, concurrency
+        )
     ms = [p.seconds * 1000 for p in probes]
     hops = [p.hops for p in probes if p.hops is not None]
     queries = [p.queries for p in probes if p.queries is not None]
@@ -267,6 +289,10 @@ def summarize(probes: list[Probe], concurrency: int = 1) -> LookupStats:
         p50_ms=percentile(ms, 50),
         p95_ms=percentile(ms, 95),
         mean_ms=sum(ms) / len(ms),
+        # CPU time of the whole process, all nodes included: the work one lookup costs,
+        # unaffected by other load on the machine. Meaningless for concurrent lookups.
+        cpu_p50_ms=percentile([p.cpu_seconds * 1000 for p in probes], 50)
+        if concurrency == 1 else None,
         hops_mean=sum(hops) / len(hops) if hops else None,
         queries_mean=sum(queries) / len(queries) if queries else None,
         concurrency=concurrency,
@@ -274,6 +300,7 @@ def summarize(probes: list[Probe], concurrency: int = 1) -> LookupStats:
 
 
 async def timed_lookup(swarm: Swarm, requester: int, owner: int) -> Probe:
+    cpu = time.process_time()
     start = time.perf_counter()
     try:
         async with asyncio.timeout(LOOKUP_DEADLINE_S):
@@ -281,28 +308,34 @@ async def timed_lookup(swarm: Swarm, requester: int, owner: int) -> Probe:
     except TimeoutError:
         probe = Probe(False, None, None)
     probe.seconds = time.perf_counter() - start
+    probe.cpu_seconds = time.process_time() - cpu
     return probe
 
 
 async def run_lookups(
-    swarm: Swarm, pairs: list[tuple[int, int]], concurrency: int
+    swarm: Swarm, pairs: list[tuple[int, int]], concurrency: int, budget_s: float
 ) -> list[Probe]:
+    """Run the lookups in batches of ``concurrency``; start no batch after ``budget_s``."""
     probes: list[Probe] = []
+    stop = time.perf_counter() + budget_s
     for at in range(0, len(pairs), concurrency):
+        if time.perf_counter() > stop:
+            break
         batch = pairs[at : at + concurrency]
         probes += await asyncio.gather(*(timed_lookup(swarm, r, o) for r, o in batch))
     return probes
 
 
-def lookup_pairs(rng: random.Random, requesters: list[int], n: int, count: int) -> list[
-    tuple[int, int]
-]:
+def lookup_pairs(
+    rng: random.Random, requesters: list[int], owners: list[int], count: int
+) -> list[tuple[int, int]]:
     """(requester, owner) pairs: a value stored by one node, fetched by another."""
     pairs = []
     for _ in range(count):
         requester = rng.choice(requesters)
-        owner = rng.randrange(n - 1)
-        pairs.append((requester, owner if owner < requester else owner + 1))
+        others = [o for o in owners if o != requester]
+        if others:
+            pairs.append((requester, rng.choice(others)))
     return pairs
 
 
@@ -334,6 +367,8 @@ async def run_case(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
     def progress(message: str) -> None:
         print(f"[{impl} n={n}] {message}", file=sys.stderr, flush=True)
 
+    budget = args.phase_budget
+    load = os.getloadavg()[0]
     baseline = rss()
     try:
         await swarm.start(n)
@@ -347,28 +382,31 @@ async def run_case(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
         progress(f"joined in {join_total:.2f} s")
 
         started = time.perf_counter()
-        for i in range(n):
-            await swarm.publish(i)
+        published = 0
+        while published < n and time.perf_counter() - started < budget:
+            await swarm.publish(published)
+            published += 1
         publish_total = time.perf_counter() - started
-        progress(f"published in {publish_total:.2f} s")
+        progress(f"published {published}/{n} in {publish_total:.2f} s")
         per_node_kib = (rss() - baseline) / n / 1024
 
-        pairs = lookup_pairs(rng, list(range(n)), n, args.lookups)
-        steady = await profiled(profile, lambda: run_lookups(swarm, pairs, 1))
-        progress(f"{len(steady)} lookups done")
+        owners = list(range(published))
+        pairs = lookup_pairs(rng, list(range(n)), owners, args.lookups)
+        steady = await profiled(profile, lambda: run_lookups(swarm, pairs, 1, budget))
         steady_hits = getattr(swarm, "local_hits", 0)
+        progress(f"{len(steady)} lookups done")
 
         stopped = sorted(rng.sample(range(n), round(CHURN_SHARE * n)))
         for i in stopped:
             await swarm.kill(i)
-        survivors = [i for i in range(n) if i not in set(stopped)]
-        pairs = lookup_pairs(rng, survivors, n, args.lookups)[:churn_lookups]
-        churn = await run_lookups(swarm, pairs, churn_concurrency)
+        survivors = sorted(set(range(n)) - set(stopped))
+        pairs = lookup_pairs(rng, survivors, owners, args.lookups)[:churn_lookups]
+        churn = await run_lookups(swarm, pairs, churn_concurrency, budget)
         progress(f"{len(churn)} lookups after stopping {len(stopped)} nodes done")
     finally:
         await swarm.close()
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"load_average_1m": load}
     if isinstance(swarm, KademliaSwarm):
         extra["local_hits"] = steady_hits
         extra["local_hits_churn"] = swarm.local_hits - steady_hits
@@ -383,6 +421,7 @@ async def run_case(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
         join_total_s=join_total,
         join_mean_ms=sum(joins) / len(joins) * 1000,
         publish_total_s=publish_total,
+        published=published,
         value_bytes=swarm.value_size,
         rss_per_node_kib=per_node_kib,
         steady=summarize(steady),
@@ -396,11 +435,11 @@ async def run_case(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def ratio(ours: float | None, theirs: float | None) -> str:
-    if ours is None or theirs is None or theirs == 0:
+    if ours is None or theirs is None or theirs == 0 or math.isnan(ours / theirs):
         return "-"
     return f"{ours / theirs:.3g}"
 
@@ -412,18 +451,23 @@ def table(results: dict[tuple[str, int], CaseResult], args: argparse.Namespace) 
 
         def row(
             label: str, get: Callable[[CaseResult], float | None], digits: int = 1,
-            with_ratio: bool = False,
+            with_ratio: bool = False, pair: tuple[CaseResult, CaseResult] = (ours, theirs),
         ) -> None:
-            a, b = get(ours), get(theirs)
-            rows.append(
-                (str(n), label, fmt(a, digits), fmt(b, digits), ratio(a, b) if with_ratio else "")
-            )
+            a, b = get(pair[0]), get(pair[1])
+            rows.append((
+                str(pair[0].nodes), label, fmt(a, digits), fmt(b, digits),
+                ratio(a, b) if with_ratio else "",
+            ))
 
         row("join total (s)", lambda r: r.join_total_s, 2, True)
         row("join per node (ms)", lambda r: r.join_mean_ms, 1, True)
         row("publish total (s)", lambda r: r.publish_total_s, 2, True)
+        if ours.published < n or theirs.published < n:
+            row("published within budget", lambda r: r.published, 0)
+        row("lookups", lambda r: r.steady.lookups, 0)
         row("lookup p50 (ms)", lambda r: r.steady.p50_ms, 2, True)
         row("lookup p95 (ms)", lambda r: r.steady.p95_ms, 2, True)
+        row("lookup CPU p50 (ms)", lambda r: r.steady.cpu_p50_ms, 2, True)
         row("hops (mean)", lambda r: r.steady.hops_mean, 2)
         row("queries per lookup (mean)", lambda r: r.steady.queries_mean, 1)
         row("success (%)", lambda r: r.steady.success * 100, 1)
@@ -449,7 +493,8 @@ def table(results: dict[tuple[str, int], CaseResult], args: argparse.Namespace) 
 
 def notes(results: dict[tuple[str, int], CaseResult], args: argparse.Namespace) -> str:
     hits = ", ".join(
-        f"n={n}: {results[('kademlia', n)].extra.get('local_hits', 0)}/{args.lookups}"
+        f"n={n}: {results[('kademlia', n)].extra.get('local_hits', 0)}"
+        f"/{results[('kademlia', n)].steady.lookups}"
         for n in args.sizes
     )
     size = results[("knarr", args.sizes[0])].value_bytes
@@ -458,11 +503,17 @@ def notes(results: dict[tuple[str, int], CaseResult], args: argparse.Namespace) 
         "Join: nodes 1..n-1 join one after another through node 0.",
         "Memory: psutil RSS after join and publish minus RSS before the first node, / n.",
         "Hops: knarr LookupResult.hops; kademlia crawl rounds until the value arrived.",
+        "Lookup CPU: process CPU time during one lookup (all nodes share the process), so",
+        "  it is the work a lookup costs whatever else runs on the machine.",
         "kademlia lookups run Server.get's crawl even when the requester holds the key;",
         f"  Server.get would have answered locally in {hits} steady-state lookups.",
         f"Churn: {round(CHURN_SHARE * 100)} % of nodes stopped abruptly, lookups from "
         "survivors; kademlia waits 5 s for each dead peer, so its churn phase is bounded "
         f"to {args.ref_churn_lookups} lookups, {args.ref_churn_concurrency} at a time.",
+        f"Budget: a phase stops publishing or starting lookups after {args.phase_budget:.0f} s.",
+        "Load average (1 min) at the start of each case: " + ", ".join(
+            f"{impl} n={n}: {r.extra['load_average_1m']:.1f}" for (impl, n), r in results.items()
+        ),
     ])
 
 
@@ -474,21 +525,64 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def knarr_revision() -> str:
+    """Which knarr this run imports: its commit and, if knarr/node/ (all that this
+    benchmark runs) differs from the commit or is not in git, a digest of its sources, so
+    that two runs of uncommitted code can be told apart."""
+    spec = importlib.util.find_spec("knarr")
+    assert spec is not None and spec.origin is not None, "knarr is not importable"
+    package = Path(spec.origin).parent
+    digest = hashlib.sha256()
+    for path in sorted((package / "node").rglob("*.py")):
+        digest.update(path.read_bytes())
+    sources = digest.hexdigest()[:10]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(package.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(package.parent), "status", "--porcelain", "--", "knarr/node/*.py"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{package} (not in git), sources {sources}"
+    return f"{head}+dirty, sources {sources}" if dirty else head
+
+
+def case_from_dict(data: dict[str, Any]) -> CaseResult:
+    data = dict(data)
+    data["steady"] = LookupStats(**data["steady"])
+    data["churn"] = LookupStats(**data["churn"])
+    return CaseResult(**data)
+
+
+def print_table(
+    results: dict[tuple[str, int], CaseResult], meta: dict[str, Any], args: argparse.Namespace
+) -> None:
+    print(f"DHT on loopback, {meta['machine']}, Python {meta['python']}, seed {meta['seed']}, "
+          f"{args.lookups} lookups per phase, {meta['date']}, "
+          f"knarr at {meta['knarr_revision']}\n")
+    print(table(results, args))
+    print()
+    print(notes(results, args))
+    if "warning" in meta:
+        print(f"\nWARNING: {meta['warning']}")
+
+
 def run_child(impl: str, n: int, args: argparse.Namespace) -> CaseResult:
     command = [
         sys.executable, __file__, "--case", f"{impl}:{n}", "--seed", str(args.seed),
         "--lookups", str(args.lookups), "--ref-churn-lookups", str(args.ref_churn_lookups),
         "--ref-churn-concurrency", str(args.ref_churn_concurrency),
+        "--phase-budget", str(args.phase_budget),
     ]
     if args.profile:
         command += ["--profile", args.profile]
     done = subprocess.run(
         command, stdout=subprocess.PIPE, text=True, timeout=CASE_DEADLINE_S, check=True
     )
-    data = json.loads(done.stdout)
-    data["steady"] = LookupStats(**data["steady"])
-    data["churn"] = LookupStats(**data["churn"])
-    return CaseResult(**data)
+    return case_from_dict(json.loads(done.stdout))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -501,11 +595,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="bound on kademlia's lookups after churn (default 50)")
     parser.add_argument("--ref-churn-concurrency", type=int, default=10,
                         help="kademlia churn lookups run this many at a time (default 10)")
+    parser.add_argument("--phase-budget", type=float, default=300.0, metavar="S",
+                        help="stop publishing, or starting lookups, after S seconds per phase")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--profile", metavar="DIR",
                         help="cProfile knarr's steady-state lookups into DIR/knarr-<n>.prof")
     parser.add_argument("--only", choices=IMPLEMENTATIONS, help="run one implementation")
+    parser.add_argument("--render", metavar="FILE",
+                        help="print the table of an earlier --json run instead of running")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # impl:n, run in this process
     return parser.parse_args(argv)
 
@@ -519,15 +617,33 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(asdict(result), sys.stdout)
         return 0
 
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        results = {(c["impl"], c["nodes"]): case_from_dict(c) for c in saved["cases"]}
+        args.sizes = sorted({n for _, n in results})
+        for key in ("lookups", "ref_churn_lookups", "ref_churn_concurrency", "phase_budget"):
+            setattr(args, key, saved["meta"].get(key, getattr(args, key)))
+        print_table(results, saved["meta"], args)
+        return 0
+
     impls = (args.only,) if args.only else IMPLEMENTATIONS
+    revision = knarr_revision()
     results = {(impl, n): run_child(impl, n, args) for n in args.sizes for impl in impls}
     meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
         "command": " ".join(["benchmarks/dht.py", *sys.argv[1:]]),
         "seed": args.seed,
+        "knarr_revision": revision,
+        "lookups": args.lookups,
+        "ref_churn_lookups": args.ref_churn_lookups,
+        "ref_churn_concurrency": args.ref_churn_concurrency,
+        "phase_budget": args.phase_budget,
     }
+    if knarr_revision() != revision:
+        meta["warning"] = "knarr/node/ changed during the run: cases measured different code"
+        print(f"warning: {meta['warning']}", file=sys.stderr)
     if args.json:
         json.dump({"meta": meta, "cases": [asdict(r) for r in results.values()]}, sys.stdout,
                   indent=2)
@@ -536,11 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results.values():
             print(json.dumps(asdict(r), indent=2))
     else:
-        print(f"DHT on loopback, {meta['machine']}, Python {meta['python']}, "
-              f"seed {args.seed}, {args.lookups} lookups per phase, {meta['date']}\n")
-        print(table(results, args))
-        print()
-        print(notes(results, args))
+        print_table(results, meta, args)
     return 0
 
 
