@@ -50,6 +50,10 @@ def add_parser(sub: Any) -> None:
         "--bridge-timeout", type=float, default=30.0,
         help="MCP tool call timeout in seconds for --bridge servers (default: 30)",
     )
+    p.add_argument(
+        "--drain-timeout", type=float, default=10.0,
+        help="seconds in-flight tasks get to finish on shutdown (default: 10)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     p.add_argument(
         "--data-dir",
@@ -253,5 +257,5 @@ async def run(args: argparse.Namespace) -> int:
             await bridge.stop()
         if mapper is not None:
             await mapper.stop()
-        await node.stop()
+        await node.stop(grace=max(0.0, args.drain_timeout))
     return 0
