@@ -28,7 +28,7 @@ from knarr.errors import (
     RequestTimeout,
 )
 from knarr.node import cbor, wire
-from knarr.node.contact import ID_BITS, ID_SIZE, Contact, is_loopback, pack_ip
+from knarr.node.contact import ID_BITS, ID_SIZE, Contact, distance, is_loopback, pack_ip
 from knarr.node.identity import Identity
 from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.ratelimit import RateLimiter
@@ -71,6 +71,8 @@ def _encoded_size(kind: str, ipv6: bool = False, port: int = 0) -> int:
     if kind == "contact":
         host = "::1" if ipv6 else "0.0.0.0"
         return len(cbor.encode(Contact(bytes(ID_SIZE), host, port).to_wire()))
+    if kind == "ping":
+        return wire.OVERHEAD + len(cbor.encode(Ping().to_body()))
     empty = Nodes(bytes(wire.NONCE_SIZE), ()) if kind == "nodes" else Value(
         bytes(wire.NONCE_SIZE), (), True
     )
@@ -148,6 +150,8 @@ class _Publication:
     record: SkillRecord
     at: float
     table_size: int
+    stored: int = 0  # STOREs accepted, over all the record's keys
+    short: int = 0  # publications in a row that reached fewer nodes than the table holds
 
 
 @dataclass
@@ -186,13 +190,15 @@ class Dht:
         self.endpoint: DatagramEndpoint | None = None
         self._pending: dict[bytes, _Pending] = {}
         self._late: OrderedDict[bytes, _Pending] = OrderedDict()
-        self._proven: OrderedDict[Addr, None] = OrderedDict()
+        self._proven: OrderedDict[Addr, bytes] = OrderedDict()  # address -> who answered
         self._probing: set[bytes] = set()
         self._tasks: dict[asyncio.Task[object], None] = {}  # ordered: close() is repeatable
         self._closed = False
         self._published: dict[str, _Publication] = {}
         self._dormant: OrderedDict[bytes, Contact] = OrderedDict()
         self._bootstrap: list[Addr] = []
+        self._spacing_value = 0
+        self._spacing_at = float("-inf")
         self.on_unmet: Callable[[str, str], None] | None = None
         """Called with (kind, name) when a FIND_VALUE for a key we answer finds nothing."""
         self.on_contact: Callable[[Contact, AddResult], None] | None = None
@@ -340,14 +346,16 @@ class Dht:
         if pending.timer:
             pending.timer.cancel()
         self.rtt.observe(addr, loop_now - pending.sent_at)
-        self._prove(addr)
+        self._prove(addr, env.sender_id)
         self._offer(Contact(env.sender_id, addr[0], addr[1]))
         if not pending.future.done():
             pending.future.set_result(env)
 
-    def _prove(self, addr: Addr) -> None:
-        """``addr`` answered a nonce we sent to it, so it really is there."""
-        self._proven[addr] = None
+    def _prove(self, addr: Addr, node_id: bytes) -> None:
+        """``node_id`` answered a nonce we sent to ``addr``, so it really is there. Only a
+        request signed by that same node earns full-size replies to ``addr``: anyone can
+        sign a request and forge its source address, but not sign as someone else."""
+        self._proven[addr] = node_id
         self._proven.move_to_end(addr)
         if len(self._proven) > 16_384:
             self._proven.popitem(last=False)
@@ -369,21 +377,34 @@ class Dht:
                 reply = Stored(env.nonce, False, str(exc)[:200])
         else:  # pragma: no cover - every request type is handled above
             reply = Error(env.nonce, ErrorCode.BAD_REQUEST, "unsupported request")
-        budget = _REPLY_BUDGET if addr in self._proven else AMPLIFICATION * size
-        self._reply(reply, addr, budget)
-        if message.ro:
-            return
         now = asyncio.get_running_loop().time()
-        if sender.node_id in self.table:
-            self.table.seen(sender.node_id, now)
+        probe: Contact | None = None
+        then: Contact | None = None
+        if message.ro:
+            pass
+        elif sender.node_id in self.table:
+            entry = self.table.get(sender.node_id)
+            if entry is not None and entry.contact.addr == addr:
+                self.table.seen(sender.node_id, now)
         elif self.table.wants(sender, now, self.settings.fresh_interval):
             # A full bucket: its stale oldest contact is pinged first, and the newcomer
             # only if that one has gone (one ping instead of two when it is still there).
-            oldest = self.table.stale_oldest(sender.node_id, now, self.settings.fresh_interval)
-            if oldest is None:
-                self._probe(sender)
+            probe = self.table.stale_oldest(sender.node_id, now, self.settings.fresh_interval)
+            if probe is None:
+                probe = sender
             else:
-                self._probe(oldest, evict_on_failure=True, then=sender)
+                then = sender
+        if self._proven.get(addr) == sender.node_id:
+            budget = _REPLY_BUDGET
+        else:
+            # Everything this request makes us send to an unproven address, the ping that
+            # probes it included, stays within AMPLIFICATION times the request.
+            budget = AMPLIFICATION * size
+            if probe is sender:
+                budget -= _encoded_size("ping")
+        self._reply(reply, addr, budget)
+        if probe is not None:
+            self._probe(probe, evict_on_failure=then is not None, then=then)
 
     def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
         contacts = self.table.closest(target, exclude=sender.node_id)
@@ -542,6 +563,20 @@ class Dht:
 
     # ------------------------------------------------------------------ lookups
 
+    def _spacing(self) -> int:
+        """The typical distance between neighbouring node ids (2**256 / network size),
+        estimated from our k closest contacts; 0 while we know fewer than k nodes.
+        Lookups use it to spot ids crowded next to a target (an eclipse)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._spacing_at < 60.0 and self._spacing_value:
+            return self._spacing_value
+        own = self.identity.node_id
+        k = self.settings.k
+        known = self.table.closest(own, k)
+        value = distance(own, known[-1].node_id) // k if len(known) >= k else 0
+        self._spacing_value, self._spacing_at = value, now
+        return value
+
     async def lookup(
         self,
         target: bytes,
@@ -558,7 +593,7 @@ class Dht:
         seed_list = list(seeds) if seeds is not None else self.table.closest(target, s.k)
         machine = Lookup(
             own, target, seed_list, k=s.k, alpha=s.alpha,
-            want_value=want_value, value_quorum=s.value_quorum,
+            want_value=want_value, value_quorum=s.value_quorum, spacing=self._spacing(),
         )
         if seed_list and target != own:
             self.table.touch(bucket_index(own, target), loop.time())
@@ -567,6 +602,7 @@ class Dht:
             for record in self.records.get(target, now_s=int(self.clock())):
                 if accept is None or accept(record):
                     found[record.slot] = record
+        checked: dict[bytes, bool] = dict.fromkeys((r.raw for r in found.values()), True)
         done: asyncio.Future[None] = loop.create_future()
         pages: set[asyncio.Future[Envelope]] = set()
         messages = 0
@@ -582,18 +618,28 @@ class Dht:
             if not done.done() and machine.finished and not pages:
                 done.set_result(None)
 
-        def take_records(reply: Value) -> None:
+        def take_records(reply: Value) -> int:
+            """Keep the valid records for this lookup; returns how many there were."""
             now_s = int(self.clock())
+            valid = 0
             for raw in reply.records:
+                known = checked.get(raw)
+                if known is not None:  # the same signed bytes from another holder
+                    valid += known
+                    continue
+                checked[raw] = False
                 try:
                     record = parse_record(raw, now_s=now_s)
                 except InvalidRecord:
                     continue
                 if target not in record.keys() or (accept is not None and not accept(record)):
                     continue
+                checked[raw] = True
+                valid += 1
                 old = found.get(record.slot)
                 if old is None or record.seq > old.seq:
                     found[record.slot] = record
+            return valid
 
         def fetch_page(contact: Contact, offset: int) -> None:
             if offset > self.records.max_per_key:
@@ -654,8 +700,9 @@ class Dht:
             if isinstance(reply, Nodes):
                 nodes = tuple(c for c in reply.nodes if self._acceptable(c, contact.addr))
             elif isinstance(reply, Value):
-                has_value = True
-                take_records(reply)
+                # Only a reply with a valid record counts towards the quorum: junk in a
+                # VALUE must not end a lookup early.
+                has_value = take_records(reply) > 0
                 if reply.more and reply.records:
                     fetch_page(contact, len(reply.records))
             launch(machine.on_reply(contact.node_id, nodes, has_value=has_value))
@@ -708,8 +755,10 @@ class Dht:
         record (higher sequence, later expiry) that is stored again."""
         if self.settings.read_only:
             raise LocalProtocolError("a read-only node cannot publish records")
-        self._published[record.name] = _Publication(resign, record, self.clock(), len(self.table))
-        return await self.store(record)
+        pub = _Publication(resign, record, self.clock(), len(self.table))
+        self._published[record.name] = pub
+        pub.stored = await self.store(record)
+        return pub.stored
 
     def withdraw(self, name: str) -> None:
         """Stop republishing ``name`` (its records expire where they are stored)."""
@@ -719,13 +768,20 @@ class Dht:
         """Publish again every record that is due (or all, with ``force``)."""
         now = self.clock()
         count = 0
+        s = self.settings
         for name, pub in list(self._published.items()):
-            grown = pub.table_size < self.settings.k and len(self.table) > pub.table_size
-            if not (force or grown or now - pub.at >= self.settings.republish_interval):
+            grown = pub.table_size < s.k and len(self.table) > pub.table_size
+            # A STORE lost or a node too slow while the network formed: try again soon
+            # (backing off) instead of leaving that node without the record for an hour.
+            missed = pub.stored < min(s.k, pub.table_size) * len(pub.record.keys())
+            retry = missed and now - pub.at >= s.maintenance_interval * 2 ** min(pub.short, 10)
+            if not (force or grown or retry or now - pub.at >= s.republish_interval):
                 continue
             record = pub.resign()
-            self._published[name] = _Publication(pub.resign, record, now, len(self.table))
-            await self.store(record)
+            new = _Publication(pub.resign, record, now, len(self.table))
+            new.short = pub.short + 1 if missed and not grown else 0
+            self._published[name] = new
+            new.stored = await self.store(record)
             count += 1
         return count
 

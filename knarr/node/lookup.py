@@ -10,10 +10,12 @@ counts if it arrives before the lookup ends.
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 from knarr.node.contact import Contact
 
@@ -38,6 +40,36 @@ def _distance(c: _Candidate) -> int:
     return c.distance
 
 
+CROWD_EPSILON = 1e-4
+
+
+@lru_cache(maxsize=16)
+def crowd_bounds(ranks: int, epsilon: float = CROWD_EPSILON) -> tuple[float, ...]:
+    """For each rank i = 1..``ranks``: the expected number of nodes λ below which finding
+    i nodes is less likely than ``epsilon`` (the Poisson tail P(X >= i) for mean λ).
+
+    Node ids are uniform, so the number of nodes within distance d of any target is
+    Poisson with mean d / spacing (spacing = 2**256 / network size). If the i-th closest
+    candidate lies within ``bound[i] * spacing``, the nodes up to it are a *crowd*: ids
+    ground next to the target, as an eclipse or a record poisoner places them."""
+
+    def tail(lam: float, i: int) -> float:
+        term = total = math.exp(-lam)
+        for j in range(1, i):
+            term *= lam / j
+            total += term
+        return 1.0 - total
+
+    out: list[float] = []
+    for i in range(1, ranks + 1):
+        low, high = 0.0, float(i)
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if tail(mid, i) < epsilon else (low, mid)
+        out.append(low)
+    return tuple(out)
+
+
 class Lookup:
     """Find the k nodes closest to ``target`` (and, with ``want_value``, stored values)."""
 
@@ -51,6 +83,7 @@ class Lookup:
         alpha: int = 3,
         want_value: bool = False,
         value_quorum: int = 3,
+        spacing: int = 0,
     ) -> None:
         self.target = target
         self.k = k
@@ -64,7 +97,12 @@ class Lookup:
         self._inflight = 0
         self.values_from: list[Contact] = []
         self.value_hops: list[int] = []
+        self._valued: list[_Candidate] = []
         self.queries = 0
+        self._bounds = (
+            [int(b * spacing) for b in crowd_bounds(2 * k)] if spacing > 0 else []
+        )
+        self._crowd: int | None = 0 if not self._bounds else None
         for contact in seeds:
             self._offer(contact, 0)
 
@@ -75,30 +113,83 @@ class Lookup:
         candidate = _Candidate(contact, int.from_bytes(node_id, "big") ^ self._t, hop)
         self._candidates[node_id] = candidate
         insort(self._order, candidate, key=_distance)
+        if self._bounds:
+            self._crowd = None
+
+    @property
+    def crowd(self) -> int:
+        """How many of the nearest candidates (failed ones aside) are a crowd: far
+        closer to the target than a network of this size allows (see
+        :func:`crowd_bounds`). A crowd is queried, but does not count towards the k
+        closest, so the lookup goes on past it to the honest
+        nodes around the target. 0 when there is none (the normal case)."""
+        if self._crowd is None:
+            end = rank = 0
+            bounds = self._bounds
+            for c in self._order:
+                if c.state is State.FAILED:
+                    continue
+                if rank >= len(bounds) or c.distance >= bounds[-1]:
+                    break
+                if c.distance < bounds[rank]:
+                    end = rank + 1
+                rank += 1
+            self._crowd = end
+        return self._crowd
 
     def _shortlist(self) -> list[_Candidate]:
-        """The k nearest candidates that have neither failed nor stalled."""
+        """The crowd (if any), then the k nearest other candidates that have neither
+        failed nor stalled."""
         out: list[_Candidate] = []
         k = self.k
+        crowd = self.crowd
+        rank = outside = 0
         for c in self._order:
-            if c.state is not State.FAILED and c.state is not State.STALLED:
-                out.append(c)
-                if len(out) >= k:
+            if c.state is State.FAILED:
+                continue
+            rank += 1
+            if c.state is State.STALLED:
+                continue
+            out.append(c)
+            if rank > crowd:
+                outside += 1
+                if outside >= k:
                     break
         return out
 
+    def _edge(self) -> int:
+        """The distance up to which candidates are in the crowd (-1: no crowd)."""
+        crowd = self.crowd
+        if not crowd:
+            return -1
+        rank = 0
+        for c in self._order:
+            if c.state is not State.FAILED:
+                rank += 1
+                if rank == crowd:
+                    return c.distance
+        return -1
+
     @property
     def finished(self) -> bool:
-        if self.want_value and len(self.values_from) >= self.value_quorum:
+        if self.want_value and len(self._valued) >= self.value_quorum:
             return True
-        return all(c.state is State.RESPONDED for c in self._shortlist())
+        shortlist = self._shortlist()
+        if not shortlist:
+            # Everyone left is slow: wait for their replies or timeouts, not for nothing.
+            return not any(c.state is State.STALLED for c in self._order)
+        return all(c.state is State.RESPONDED for c in shortlist)
 
     def _next(self) -> list[Contact]:
         if self.finished:
             return []
         out: list[Contact] = []
+        # Once values are coming in, ask only as many more as the quorum still needs.
+        wanted = self.alpha
+        if self.want_value and self.values_from:
+            wanted = min(wanted, self.value_quorum - len(self.values_from))
         for c in self._shortlist():
-            if self._inflight >= self.alpha:
+            if self._inflight >= wanted:
                 break
             if c.state is State.NEW:
                 c.state = State.INFLIGHT
@@ -130,6 +221,7 @@ class Lookup:
         if has_value:
             self.values_from.append(c.contact)
             self.value_hops.append(c.hop + 1)
+            self._valued.append(c)
         for contact in nodes:
             self._offer(contact, c.hop + 1)
         return self._next()
@@ -144,7 +236,8 @@ class Lookup:
 
     def on_failure(self, node_id: bytes) -> list[Contact]:
         """A query timed out or was refused."""
-        self._settle(node_id, State.FAILED)
+        if self._settle(node_id, State.FAILED) is not None and self._bounds:
+            self._crowd = None
         return self._next()
 
     @property
@@ -153,9 +246,12 @@ class Lookup:
         return self._inflight
 
     def closest(self, count: int | None = None) -> list[Contact]:
-        """The nearest contacts that answered, nearest first."""
+        """The nearest contacts that answered, nearest first: the crowd (if any) and
+        ``count`` (default k) more."""
+        edge = self._edge()
         done = [c.contact for c in self._order if c.state is State.RESPONDED]
-        return done[: self.k if count is None else count]
+        crowd = sum(1 for c in self._order if c.state is State.RESPONDED and c.distance <= edge)
+        return done[: crowd + (self.k if count is None else count)]
 
     @property
     def hops(self) -> int:
@@ -188,6 +284,7 @@ class RttEstimator:
         self.min_stall = min_stall
         self.capacity = capacity
         self._peers: dict[Hashable, tuple[float, float]] = {}
+        self._backoff: dict[Hashable, int] = {}
         self._all: tuple[float, float] = (initial, initial / 2)
         self._seeded = False
 
@@ -199,6 +296,7 @@ class RttEstimator:
 
     def observe(self, peer: Hashable, sample: float) -> None:
         """Record one measured round trip, in seconds."""
+        self._backoff.pop(peer, None)
         est = self._peers.get(peer)
         self._peers[peer] = self._update(est, sample) if est else (sample, sample / 2)
         if self._seeded:
@@ -209,15 +307,16 @@ class RttEstimator:
             self._peers.pop(next(iter(self._peers)))
 
     def backoff(self, peer: Hashable) -> None:
-        """A request timed out: wait longer next time (the timeout roughly doubles)
-        until a reply brings a real sample."""
-        srtt, rttvar = self._est(peer)
-        self._peers[peer] = (srtt, min(self.max_timeout, max(2 * rttvar, srtt / 2)))
-        if len(self._peers) > self.capacity:
-            self._peers.pop(next(iter(self._peers)))
+        """A request timed out: double its timeout until a reply brings a real sample
+        (RFC 6298 5.5 backs off the timer, not the estimates). The stall is left alone,
+        so a peer that has gone away costs a lookup a soft timeout, not seconds."""
+        self._backoff[peer] = min(64, 2 * self._backoff.get(peer, 1))
+        if len(self._backoff) > self.capacity:
+            self._backoff.pop(next(iter(self._backoff)))
 
     def forget(self, peer: Hashable) -> None:
         self._peers.pop(peer, None)
+        self._backoff.pop(peer, None)
 
     def _est(self, peer: Hashable) -> tuple[float, float]:
         return self._peers.get(peer, self._all)
@@ -228,10 +327,13 @@ class RttEstimator:
 
     def timeout(self, peer: Hashable) -> float:
         """Give up: well past the usual round trip even when it has been steady."""
+        return min(self.max_timeout, self._base_timeout(peer) * self._backoff.get(peer, 1))
+
+    def _base_timeout(self, peer: Hashable) -> float:
         srtt, rttvar = self._est(peer)
         return min(self.max_timeout, max(self.min_timeout, 2 * srtt, srtt + 4 * rttvar))
 
     def stall(self, peer: Hashable) -> float:
         """Stop waiting: later than most replies, earlier than :meth:`timeout`."""
         srtt, rttvar = self._est(peer)
-        return min(0.75 * self.timeout(peer), max(self.min_stall, 1.5 * srtt + 2 * rttvar))
+        return min(0.75 * self._base_timeout(peer), max(self.min_stall, 1.5 * srtt + 2 * rttvar))

@@ -23,7 +23,6 @@ from typing import Any
 
 import nacl.bindings
 
-from knarr.errors import NetworkError, RemoteProtocolError
 from knarr.node import wire
 from knarr.node.contact import Contact, distance
 from knarr.node.dht import Dht
@@ -128,11 +127,15 @@ class SybilFlood:
     async def measure(self, scenario: Scenario) -> dict[str, Any]:
         shares: list[float] = []
         per_bucket = 0
+        full_share = 0.0
         for peer in scenario.swarm.live():
             total = sybil = 0
+            k = peer.dht.settings.k
             for entries in peer.dht.table.buckets().values():
                 here = sum(1 for e in entries if e.contact.node_id in self.ids)
                 per_bucket = max(per_bucket, here)
+                if len(entries) >= k:
+                    full_share = max(full_share, here / len(entries))
                 sybil += here
                 total += len(entries)
             shares.append(sybil / total if total else 0.0)
@@ -142,6 +145,7 @@ class SybilFlood:
             "sybil_share_mean": round(sum(shares) / max(1, len(shares)), 4),
             "sybil_share_p99": round(percentile(shares, 99), 4),
             "sybil_max_per_bucket": per_bucket,
+            "sybil_full_bucket_share_max": round(full_share, 4),
         }
 
 
@@ -286,7 +290,8 @@ class Poisoning:
         await asyncio.gather(*(swarm.join(p, scenario._bootstrap_addrs()) for p in peers))
         for p in peers:
             swarm.start_maintenance(p)
-        holders = (await peers[0].dht.lookup(key)).closest
+        honest = {p.node_id for p in swarm.live()}
+        holders = [c for c in (await peers[0].dht.lookup(key)).closest if c.node_id in honest]
         for kind, raw in bad.items():
             replies = await asyncio.gather(
                 *(peers[0].dht.call(c.addr, Store(key, raw), expect=c.node_id) for c in holders),
@@ -369,7 +374,6 @@ class Reflection:
         keys = [skill_key(n) for p, n in scenario.publishers if p.alive][:50]
         targets = [p for p in swarm.live()]
         self.nodes = len(targets)
-        loop = asyncio.get_running_loop()
         for i in range(self.requests):
             message: Request
             kind = i % 3
@@ -386,7 +390,6 @@ class Reflection:
             if i % 100 == 99:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(15.0)  # replies and probes still in flight
-        _ = loop
 
     async def measure(self, scenario: Scenario) -> dict[str, Any]:
         return {
@@ -407,5 +410,3 @@ __all__ = [
     "attacks_for",
     "grind",
 ]
-
-_ = (NetworkError, RemoteProtocolError, Ping)

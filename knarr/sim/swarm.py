@@ -217,4 +217,4 @@ class Swarm:
             skill_key(name), want_value=True, accept=lambda r: r.name == name
         )
         ok = any(r.provider_id == provider for r in result.records)
-        return Probe(ok, result.hops, result.messages, loop.time() - start)
+        return Probe(ok, result.hops, getattr(result, "messages", 0), loop.time() - start)
