@@ -10,6 +10,10 @@ from knarr.sim.network import LatencyModel, SimNetwork
 from knarr.sim.scenario import percentile
 
 
+async def _virtual_seconds_pass(seconds: float) -> None:
+    """Let simulated time advance: on the virtual-time loop this returns at once."""
+    await asyncio.sleep(seconds)
+
 def _run(coro: object) -> object:
     loop = VirtualTimeLoop()
     try:
@@ -34,7 +38,7 @@ def test_loss_and_delay_follow_the_model() -> None:
             data = i.to_bytes(4, "big")
             sent_at[data] = loop.time()
             a.send(data, ("2.2.2.2", 4000))
-        await asyncio.sleep(20)
+        await _virtual_seconds_pass(20)
         return net.lost, arrivals
 
     lost, delays = _run(main())  # type: ignore[misc]
@@ -53,10 +57,10 @@ def test_a_closed_endpoint_receives_nothing_and_spoofed_sources_arrive_as_given(
         a = await net.bind("1.1.1.1", 4000, lambda d, s: None)
         b = await net.bind("2.2.2.2", 4000, lambda d, s: seen.append(s))
         net.inject(b"spoofed", ("9.9.9.9", 53), ("2.2.2.2", 4000))
-        await asyncio.sleep(5)
+        await _virtual_seconds_pass(5)
         b.close()
         a.send(b"late", ("2.2.2.2", 4000))
-        await asyncio.sleep(5)
+        await _virtual_seconds_pass(5)
         return seen, net.undeliverable
 
     seen, undeliverable = _run(main())  # type: ignore[misc]
