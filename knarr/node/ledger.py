@@ -9,7 +9,7 @@ the other leg of settlements. Every transaction's rows sum to zero.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,29 +49,44 @@ class Ledger:
     def record(self, receipt: Receipt, *, role: str) -> bool:
         """Book a receipt (``role``: we ``provided`` or ``consumed`` the task). Returns
         False if it was booked before. The receipt and its ledger rows commit together."""
-        peer = (receipt.requester if role == "provided" else receipt.provider).hex()
+        return bool(self.record_many([receipt], role=role))
+
+    def record_many(self, receipts: Sequence[Receipt], *, role: str) -> list[Receipt]:
+        """Book several receipts in one transaction (a provider's group commit: one
+        write to the log covers every task finished in the same turn of the loop).
+        Returns those not booked before; each receipt's rows are whole either way."""
+        sign = 1 if role == "provided" else -1
         now = self.clock()
-        charged = receipt.charged
+        booked: list[Receipt] = []
+        seen: set[str] = set()
         with self.store.transaction():
-            existing = self.store.execute("SELECT 1 FROM receipts WHERE id = ?", (receipt.id,))
-            if existing:
-                return False
-            self.store.execute(
-                "INSERT INTO receipts(id, role, peer, skill, price, charged, outcome, duration,"
-                " created, raw) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (receipt.id, role, peer, receipt.skill, receipt.price, charged,
-                 receipt.outcome, receipt.duration_ms, now, receipt.raw),
-            )
-            if charged:
-                sign = 1 if role == "provided" else -1
-                self.store.executemany(
-                    "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
-                    [(receipt.id, f"peer:{peer}", sign * charged, now),
-                     (receipt.id, role, -sign * charged, now)],
+            for receipt in receipts:
+                if receipt.id in seen or self.store.execute(
+                    "SELECT 1 FROM receipts WHERE id = ?", (receipt.id,)
+                ):
+                    continue
+                seen.add(receipt.id)
+                peer = (receipt.requester if role == "provided" else receipt.provider).hex()
+                charged = receipt.charged
+                self.store.execute(
+                    "INSERT INTO receipts(id, role, peer, skill, price, charged, outcome,"
+                    " duration, created, raw) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (receipt.id, role, peer, receipt.skill, receipt.price, charged,
+                     receipt.outcome, receipt.duration_ms, now, receipt.raw),
                 )
-        if charged and peer in self._balances:
-            self._balances[peer] += (1 if role == "provided" else -1) * charged
-        return True
+                if charged:
+                    self.store.executemany(
+                        "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
+                        [(receipt.id, f"peer:{peer}", sign * charged, now),
+                         (receipt.id, role, -sign * charged, now)],
+                    )
+                booked.append(receipt)
+        # Only after the commit: a failed transaction leaves the cache as it was.
+        for receipt in booked:
+            peer = (receipt.requester if role == "provided" else receipt.provider).hex()
+            if receipt.charged and peer in self._balances:
+                self._balances[peer] += sign * receipt.charged
+        return booked
 
     def receipts(self, *, peer: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("WHERE peer = ?", (peer,)) if peer else ("", ())
@@ -268,6 +283,7 @@ class CreditBooks:
         else:
             self._held.pop(peer, None)
 
-    def book(self, receipt: Receipt) -> None:
-        if self.ledger.record(receipt, role="provided") and self.on_booked is not None:
-            self.on_booked(receipt)
+    def book(self, receipts: Sequence[Receipt]) -> None:
+        for receipt in self.ledger.record_many(receipts, role="provided"):
+            if self.on_booked is not None:
+                self.on_booked(receipt)

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,8 +99,10 @@ class Accounting(Protocol):
     def release(self, requester: bytes, price: int) -> None:
         """Drop a hold made by :meth:`reserve`."""
 
-    def book(self, receipt: Receipt) -> None:
-        """Record a receipt we signed, with its ledger rows."""
+    def book(self, receipts: Sequence[Receipt]) -> None:
+        """Record receipts we signed, with their ledger rows, in one transaction."""
+
+
 PolicyLookup = Callable[[str], SkillPolicy | None]
 
 
@@ -137,6 +139,59 @@ async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     return await reader.readexactly(length)
 
 
+@dataclass
+class _Outgoing:
+    writer: asyncio.StreamWriter
+    data: bytes
+    receipt: Receipt | None
+    hold: tuple[bytes, int] | None
+    """The requester and the credit held for this task, released once it is booked."""
+
+
+class Outbox:
+    """Results waiting to leave, with a group commit: the receipts of every task that
+    finished in one turn of the event loop are booked in one transaction, and only then
+    do their results go out (one write per connection). A charge is thus always on disk
+    before its result leaves, at the cost of one transaction per turn, not per task."""
+
+    def __init__(self, accounting: Accounting | None) -> None:
+        self._accounting = accounting
+        self._queue: list[_Outgoing] = []
+        self._scheduled = False
+
+    def put(self, writer: asyncio.StreamWriter, data: bytes, receipt: Receipt | None = None,
+            hold: tuple[bytes, int] | None = None) -> None:
+        self._queue.append(_Outgoing(writer, data, receipt, hold))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        queue, self._queue, self._scheduled = self._queue, [], False
+        holds = [item.hold for item in queue if item.hold is not None]
+        books = self._accounting
+        if books is not None:
+            receipts = [item.receipt for item in queue if item.receipt is not None]
+            try:
+                if receipts:
+                    books.book(receipts)
+            except Exception:
+                # Nothing was charged (the transaction rolled back): send no result that
+                # carries a receipt, so the two sides' books stay the same.
+                log.exception("booking %d receipts failed; their results are dropped",
+                              len(receipts))
+                queue = [item for item in queue if item.receipt is None]
+            finally:
+                for requester, price in holds:
+                    books.release(requester, price)
+        by_writer: dict[asyncio.StreamWriter, list[bytes]] = {}
+        for item in queue:
+            by_writer.setdefault(item.writer, []).append(item.data)
+        for writer, frames in by_writer.items():
+            if not writer.is_closing():
+                writer.write(b"".join(frames))
+
+
 class TaskServer:
     """Serves announced skills to remote requesters."""
 
@@ -152,6 +207,7 @@ class TaskServer:
     ) -> None:
         self._crypto = crypto
         self._accounting = accounting
+        self._outbox = Outbox(accounting)
         self.on_request: RequestHandler | None = None
         self.answers: tuple[type[wire.Request], ...] = ()
         """Request types besides tasks that ``on_request`` answers; others close the
@@ -250,6 +306,7 @@ class TaskServer:
             self.refused += 1
             self._reply(env, error_payload(refusal.code, str(refusal)), writer)
             return
+        hold = (env.sender_id, price) if books is not None else None
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -261,11 +318,14 @@ class TaskServer:
             payload = error_payload(refusal.code, str(refusal))
             outcome = "timeout" if refusal.code == "timeout" else "failed"
             self.failed += 1
-        finally:
-            if books is not None:
-                books.release(env.sender_id, price)
-        if writer.is_closing():
-            return  # nobody left to deliver to: no receipt, no charge
+        except BaseException:
+            if hold is not None and books is not None:
+                books.release(*hold)
+            raise
+        if writer.is_closing():  # nobody left to deliver to: no receipt, no charge
+            if hold is not None and books is not None:
+                books.release(*hold)
+            return
         try:
             encoded_output = cbor.encode(payload)
             if len(encoded_output) + ENVELOPE_SLACK > DEFAULT_MAX_RESULT:
@@ -281,10 +341,9 @@ class TaskServer:
             time_ms=int(self._crypto.clock() * 1000), outcome=outcome,
             duration_ms=int((loop.time() - started) * 1000),
         )
-        if books is not None:
-            books.book(receipt)  # committed before the result leaves: no unbooked charge
         payload["receipt"] = receipt.raw
-        self._reply(env, payload, writer)
+        # Booked (in the outbox's group commit) before the result leaves.
+        self._reply(env, payload, writer, receipt=receipt, hold=hold)
 
     @staticmethod
     def _peer_host(writer: asyncio.StreamWriter) -> str:
@@ -355,13 +414,12 @@ class TaskServer:
             raise TaskRefusal("bad_output", f"handler returned {type(output).__name__}, not a dict")
         return output
 
-    def _reply(self, env: wire.Envelope, payload: dict[str, Any], writer: Any) -> None:
-        if writer.is_closing():
-            return
+    def _reply(self, env: wire.Envelope, payload: dict[str, Any], writer: Any, *,
+               receipt: Receipt | None = None, hold: tuple[bytes, int] | None = None) -> None:
         crypto = self._crypto
         box = crypto.boxes.seal(env.public_key, payload, crypto.entropy(24))
         _, data = crypto.seal(TaskResult(env.nonce, box), DEFAULT_MAX_RESULT + ENVELOPE_SLACK)
-        writer.write(data)
+        self._outbox.put(writer, data, receipt, hold)
 
 
 @dataclass(frozen=True)

@@ -428,7 +428,7 @@ def test_credit_holds_stop_at_the_limit_and_say_so(ledger: Ledger) -> None:
 def test_booked_charges_count_against_the_limit(ledger: Ledger) -> None:
     books = _books_with_limit(ledger, EconomyConfig(credit_limit=3))
     for i in range(2):
-        books.book(make_receipt(price=to_micro(1.5), task=bytes([i]) * 16))
+        books.book([make_receipt(price=to_micro(1.5), task=bytes([i]) * 16)])
     assert ledger.balance(REQUESTER.node_id_hex) == to_micro(3)
     with pytest.raises(TaskRefusal, match="you owe 3 of 3 credits"):
         books.reserve(REQUESTER.node_id, to_micro(0.5))
