@@ -65,7 +65,7 @@ from knarr.node.settlement import (
 )
 from knarr.node.store import Store
 from knarr.node.taskchannel import Sealer, SkillPolicy, TaskCall, TaskClient, TaskServer
-from knarr.node.tasks import BOX_OVERHEAD, ENVELOPE_SLACK, Boxes, TaskRefusal
+from knarr.node.tasks import ENVELOPE_SLACK, SEALED_OVERHEAD, Boxes, TaskRefusal
 from knarr.node.transport import Addr, DatagramNetwork
 from knarr.node.wire import Envelope, Ping, Reply
 
@@ -259,7 +259,7 @@ class Node:
         largest = max((p.max_input_size for p in self._policies.values()), default=0)
         # Read inputs well past a skill's limit so the sender hears "input_too_large"
         # instead of losing the connection and every request multiplexed on it.
-        return max(largest, MIN_FRAME_INPUT) + BOX_OVERHEAD + ENVELOPE_SLACK + 64
+        return max(largest, MIN_FRAME_INPUT) + SEALED_OVERHEAD + ENVELOPE_SLACK + 64
 
     async def join(self, bootstrap: Iterable[str]) -> int:
         """Join the network through ``"host:port"`` peers. Returns the routing table size.

@@ -32,7 +32,6 @@ from knarr.node.economy import (
     InvalidReceipt,
     Receipt,
     check_receipt,
-    digest,
     parse_receipt,
     sign_receipt,
     to_micro,
@@ -47,9 +46,11 @@ from knarr.node.tasks import (
     TaskResult,
     error_payload,
     frame,
+    is_sealed,
     ok_payload,
-    plaintext_size,
+    open_frame,
     schema_problem,
+    seal_frame,
     split_result,
 )
 
@@ -129,6 +130,27 @@ class Sealer:
             data, now_ms=int(self.clock() * 1000), replay=self.replay,
             window_ms=self.replay.window_ms, max_size=max_size,
         )
+
+    def seal_task(self, peer_public_key: bytes, message: wire.Message,
+                  max_size: int) -> tuple[bytes, bytes]:
+        """A sealed frame for a task request or result; its nonce and the framed bytes."""
+        randomness = self.entropy(wire.NONCE_SIZE + 24)
+        nonce = randomness[: wire.NONCE_SIZE]
+        body = seal_frame(
+            self.identity, self.boxes, peer_public_key, message,
+            now_ms=int(self.clock() * 1000), nonce=nonce,
+            box_nonce=randomness[wire.NONCE_SIZE :], max_size=max_size,
+        )
+        return nonce, frame(body)
+
+    def open_any(self, data: bytes, max_size: int) -> wire.Envelope:
+        """A sealed task frame or a signed envelope, whichever ``data`` is."""
+        if is_sealed(data):
+            return open_frame(
+                self.boxes, data, now_ms=int(self.clock() * 1000), replay=self.replay,
+                window_ms=self.replay.window_ms, max_size=max_size,
+            )
+        return self.open(data, max_size)
 
 
 async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
@@ -256,7 +278,7 @@ class TaskServer:
             while True:
                 limit = self._max_frame()
                 data = await _read_frame(reader, limit)
-                env = self._crypto.open(data, limit)
+                env = self._crypto.open_any(data, limit)
                 if isinstance(env.message, TaskRequest):
                     work = self._handle(env, env.message, writer)
                 elif self.on_request is not None and isinstance(env.message, self.answers):
@@ -294,7 +316,7 @@ class TaskServer:
             policy, data = self._admit(env, request)
         except TaskRefusal as refusal:
             self.refused += 1
-            self._reply(env, error_payload(refusal.code, str(refusal)), writer)
+            self._refuse(env, refusal, writer)
             return
         own = env.public_key == self._crypto.identity.public_key
         price = 0 if own else to_micro(policy.price)  # a node never charges itself
@@ -304,7 +326,7 @@ class TaskServer:
                 books.reserve(env.sender_id, price)
         except TaskRefusal as refusal:
             self.refused += 1
-            self._reply(env, error_payload(refusal.code, str(refusal)), writer)
+            self._refuse(env, refusal, writer)
             return
         hold = (env.sender_id, price) if books is not None else None
         loop = asyncio.get_running_loop()
@@ -337,13 +359,13 @@ class TaskServer:
         receipt = sign_receipt(
             self._crypto.identity,
             task=env.nonce, skill=request.skill, price=price, requester_key=env.public_key,
-            input_hash=digest(data), output_hash=hashlib.sha256(encoded_output).digest(),
+            input_hash=hashlib.sha256(request.input).digest(),
+            output_hash=hashlib.sha256(encoded_output).digest(),
             time_ms=int(self._crypto.clock() * 1000), outcome=outcome,
             duration_ms=int((loop.time() - started) * 1000),
         )
-        payload["receipt"] = receipt.raw
         # Booked (in the outbox's group commit) before the result leaves.
-        self._reply(env, payload, writer, receipt=receipt, hold=hold)
+        self._reply(env, encoded_output, writer, receipt=receipt, hold=hold)
 
     @staticmethod
     def _peer_host(writer: asyncio.StreamWriter) -> str:
@@ -362,18 +384,15 @@ class TaskServer:
         requester = env.sender_id.hex()
         if policy.visibility == "whitelist" and requester not in policy.allowed_nodes:
             raise TaskRefusal("forbidden", f"node {requester[:16]}… may not call {request.skill!r}")
-        if plaintext_size(request.box) > policy.max_input_size + 16:
+        if len(request.input) > policy.max_input_size:
             raise TaskRefusal(
                 "input_too_large",
                 f"input is over the limit of {policy.max_input_size} bytes for {request.skill!r}",
             )
         try:
-            sealed = self._crypto.boxes.open(
-                env.public_key, request.box, max_size=policy.max_input_size + 16
-            )
+            data = cbor.decode(request.input, max_depth=32, max_items=1_000_000)
         except RemoteProtocolError as exc:
             raise TaskRefusal("invalid_input", f"input cannot be read: {exc}") from exc
-        data = sealed.get("input") if isinstance(sealed, dict) else None
         problem = schema_problem(policy.input_schema, data)
         if problem:
             raise TaskRefusal("invalid_input", problem)
@@ -414,11 +433,15 @@ class TaskServer:
             raise TaskRefusal("bad_output", f"handler returned {type(output).__name__}, not a dict")
         return output
 
-    def _reply(self, env: wire.Envelope, payload: dict[str, Any], writer: Any, *,
+    def _refuse(self, env: wire.Envelope, refusal: TaskRefusal, writer: Any) -> None:
+        self._reply(env, cbor.encode(error_payload(refusal.code, str(refusal))), writer)
+
+    def _reply(self, env: wire.Envelope, out: bytes, writer: Any, *,
                receipt: Receipt | None = None, hold: tuple[bytes, int] | None = None) -> None:
-        crypto = self._crypto
-        box = crypto.boxes.seal(env.public_key, payload, crypto.entropy(24))
-        _, data = crypto.seal(TaskResult(env.nonce, box), DEFAULT_MAX_RESULT + ENVELOPE_SLACK)
+        result = TaskResult(env.nonce, out, receipt.raw if receipt is not None else None)
+        _, data = self._crypto.seal_task(
+            env.public_key, result, DEFAULT_MAX_RESULT + ENVELOPE_SLACK
+        )
         self._outbox.put(writer, data, receipt, hold)
 
 
@@ -450,9 +473,7 @@ class TaskClient:
         self._crypto = crypto
         self.max_result = max_result
         self._connections: dict[tuple[str, int, bytes], _Connection] = {}
-        self._late: OrderedDict[bytes, tuple[bytes, dict[str, Any], int | None, str]] = (
-            OrderedDict()
-        )
+        self._late: OrderedDict[bytes, tuple[bytes, bytes, int | None, str]] = OrderedDict()
         self.on_late_receipt: Callable[[Receipt], None] | None = None
         """Called with the verified receipt of a result that came after we gave up."""
         self._connecting: dict[tuple[str, int, bytes], asyncio.Future[_Connection]] = {}
@@ -498,7 +519,7 @@ class TaskClient:
         try:
             while True:
                 data = await _read_frame(conn.reader, self.max_result + ENVELOPE_SLACK)
-                env = self._crypto.open(data, self.max_result + ENVELOPE_SLACK)
+                env = self._crypto.open_any(data, self.max_result + ENVELOPE_SLACK)
                 if env.public_key != conn.public_key or not isinstance(env.message, wire.Reply):
                     raise RemoteProtocolError("reply from the wrong node or of the wrong type")
                 future = conn.pending.pop(env.message.re, None)
@@ -536,11 +557,12 @@ class TaskClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = await self._connection(host, port, public_key, timeout)
-        crypto = self._crypto
-        box = crypto.boxes.seal(public_key, {"input": dict(data)}, crypto.entropy(24))
+        encoded = cbor.encode(dict(data))
+        input_hash = hashlib.sha256(encoded).digest()
         timeout_ms = max(1, math.ceil(timeout * 1000)) if math.isfinite(timeout) else 0
-        request = TaskRequest(skill, box, timeout_ms, sidecar)
-        nonce, frame_bytes = crypto.seal(request, len(box) + ENVELOPE_SLACK)
+        request = TaskRequest(skill, encoded, timeout_ms, sidecar)
+        nonce, frame_bytes = self._crypto.seal_task(public_key, request,
+                                                    len(encoded) + ENVELOPE_SLACK)
         future: asyncio.Future[wire.Envelope] = loop.create_future()
         conn.pending[nonce] = future
         conn.writer.write(frame_bytes)
@@ -552,7 +574,7 @@ class TaskClient:
         except TimeoutError as exc:
             # The provider may still answer, and charge: keep what is needed to check and
             # book its receipt when the result arrives.
-            self._late[nonce] = (public_key, dict(data), max_price, skill)
+            self._late[nonce] = (public_key, input_hash, max_price, skill)
             while len(self._late) > 4096:
                 self._late.popitem(last=False)
             raise RequestTimeout(f"no result from {host}:{port} within {timeout:g} s") from exc
@@ -560,41 +582,44 @@ class TaskClient:
             raise ProviderUnreachable(f"connection to {host}:{port} failed: {exc}") from exc
         finally:
             conn.pending.pop(nonce, None)
-        result, receipt = self._open_result(env, public_key, data, max_price, skill)
+        result, receipt = self._open_result(env, public_key, input_hash, max_price, skill)
         if isinstance(result, TaskError):
             result.receipt = receipt
             raise result
         return TaskReply(result, receipt)
 
     def _open_result(
-        self, env: wire.Envelope, public_key: bytes, data: Mapping[str, Any],
+        self, env: wire.Envelope, public_key: bytes, input_hash: bytes,
         max_price: int | None, skill: str,
     ) -> tuple[dict[str, Any] | TaskError, Receipt | None]:
-        """Open a task result and check its receipt against what we asked."""
-        if not isinstance(env.message, TaskResult):
-            raise RemoteProtocolError(f"expected a task result, got {type(env.message).__name__}")
-        crypto = self._crypto
-        payload = crypto.boxes.open(public_key, env.message.box, max_size=self.max_result)
-        result, raw = split_result(payload)
+        """Decode a task result and check its receipt against what we asked."""
+        message = env.message
+        if not isinstance(message, TaskResult):
+            raise RemoteProtocolError(f"expected a task result, got {type(message).__name__}")
+        if len(message.out) > self.max_result:
+            raise RemoteProtocolError(f"result of {len(message.out)} bytes is over the limit")
+        payload = cbor.decode(message.out, max_depth=32, max_items=1_000_000)
+        if isinstance(payload, dict) and "receipt" in payload:
+            raise RemoteProtocolError("a receipt belongs beside the output, not in it")
+        result, _ = split_result(payload)
         receipt = None
-        if raw is not None:
-            receipt = parse_receipt(raw)
-            answered = {k: v for k, v in payload.items() if k != "receipt"}
+        if message.receipt is not None:
+            receipt = parse_receipt(message.receipt)
             check_receipt(
-                receipt, provider_key=public_key, requester_key=crypto.identity.public_key,
-                task=env.message.re, input_hash=digest(dict(data)),
-                output_hash=hashlib.sha256(cbor.encode(answered)).digest(),
+                receipt, provider_key=public_key, requester_key=self._crypto.identity.public_key,
+                task=message.re, input_hash=input_hash,
+                output_hash=hashlib.sha256(message.out).digest(),
                 max_price=max_price if max_price is not None else receipt.price,
                 skill=skill, completed=not isinstance(result, TaskError),
             )
         return result, receipt
 
     def _late_result(
-        self, env: wire.Envelope, public_key: bytes, data: dict[str, Any],
+        self, env: wire.Envelope, public_key: bytes, input_hash: bytes,
         max_price: int | None, skill: str,
     ) -> None:
         try:
-            _, receipt = self._open_result(env, public_key, data, max_price, skill)
+            _, receipt = self._open_result(env, public_key, input_hash, max_price, skill)
         except (RemoteProtocolError, InvalidReceipt) as exc:
             log.info("late result refused: %s", exc)
             return

@@ -13,6 +13,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import nacl.exceptions
@@ -20,13 +21,17 @@ import nacl.public
 import nacl.signing
 
 from knarr.errors import (
+    BadSignature,
+    LocalProtocolError,
     MalformedMessage,
     MistypedMessage,
+    OversizedMessage,
     RemoteProtocolError,
     TaskError,
     TaskFailed,
     TaskRefused,
     TaskTimedOut,
+    TruncatedMessage,
 )
 from knarr.node import cbor, wire
 from knarr.node.identity import Identity
@@ -34,7 +39,7 @@ from knarr.node.wire import NONCE_SIZE, MsgType, Reply, Request, _bytes, _only, 
 
 FRAME_HEADER = struct.Struct(">I")
 BOX_OVERHEAD = nacl.public.Box.NONCE_SIZE + 16  # nonce + Poly1305 tag
-ENVELOPE_SLACK = 1024  # envelope header, signature, body keys around the box
+ENVELOPE_SLACK = 1024  # frame and envelope headers, body keys, a receipt's share
 MAX_SKILL_NAME = 64
 
 
@@ -48,19 +53,21 @@ class TaskRefusal(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest(Request):
-    """Run ``skill`` on the sealed input; give up after ``timeout_ms`` (0: provider's limit).
-    ``sidecar`` is the requester's sidecar port, where its assets can be fetched."""
+    """Run ``skill`` on ``input`` (the canonical CBOR encoding of the input map, kept as
+    bytes so its size is checked before it is decoded and its hash needs no re-encoding);
+    give up after ``timeout_ms`` (0: provider's limit). ``sidecar`` is the requester's
+    sidecar port, where its assets can be fetched."""
 
     TYPE = MsgType.TASK_REQUEST
-    FIELDS = frozenset({"skill", "box", "timeout", "side"})
+    FIELDS = frozenset({"skill", "input", "timeout", "side"})
     skill: str
-    box: bytes
+    input: bytes
     timeout_ms: int = 0
     sidecar: int = 0
     ro: bool = False
 
     def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"skill": self.skill, "box": self.box}
+        body: dict[str, Any] = {"skill": self.skill, "input": self.input}
         if self.timeout_ms:
             body["timeout"] = self.timeout_ms
         if self.sidecar:
@@ -76,29 +83,93 @@ class TaskRequest(Request):
         sidecar = _uint(body, "side", 0)
         if sidecar > 65535:
             raise MistypedMessage("field 'side' must be a port")
-        return cls(skill, _bytes(body, "box"), _uint(body, "timeout", 0), sidecar)
+        return cls(skill, _bytes(body, "input"), _uint(body, "timeout", 0), sidecar)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskResult(Reply):
-    """The sealed outcome of the task whose request nonce is ``re``."""
+    """The outcome of the task whose request nonce is ``re``: ``out`` is the canonical
+    CBOR encoding of ``{"ok": output}`` or ``{"error": {...}}`` (its SHA-256 is the
+    receipt's output hash), ``receipt`` the provider's signed receipt, if one was made."""
 
     TYPE = MsgType.TASK_RESULT
-    FIELDS = frozenset({"re", "box"})
+    FIELDS = frozenset({"re", "out", "receipt"})
     re: bytes
-    box: bytes
+    out: bytes
+    receipt: bytes | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {"re": self.re, "box": self.box}
+        body: dict[str, Any] = {"re": self.re, "out": self.out}
+        if self.receipt is not None:
+            body["receipt"] = self.receipt
+        return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> TaskResult:
         _only(body, cls.FIELDS)
-        return cls(_bytes(body, "re", NONCE_SIZE), _bytes(body, "box"))
+        receipt = _bytes(body, "receipt") if "receipt" in body else None
+        return cls(_bytes(body, "re", NONCE_SIZE), _bytes(body, "out"), receipt)
 
 
-wire.register_message(TaskRequest)
-wire.register_message(TaskResult)
+TASK_TYPES: Mapping[int, type[wire.Message]] = MappingProxyType({
+    MsgType.TASK_REQUEST: TaskRequest, MsgType.TASK_RESULT: TaskResult,
+})
+"""The messages that travel only in sealed frames."""
+
+
+# ---------------------------------------------------------------------- sealed frames
+
+SEALED_MAGIC = b"KS"
+_SEALED = struct.Struct(">2sB32s24s")  # magic, version, sender's public key, box nonce
+SEALED_OVERHEAD = _SEALED.size + 16  # + Poly1305 tag
+
+
+def seal_frame(
+    identity: Identity, boxes: Boxes, peer_public_key: bytes, message: wire.Message, *,
+    now_ms: int, nonce: bytes, box_nonce: bytes, max_size: int,
+) -> bytes:
+    """A task-channel frame body: ``message`` in an unsigned envelope, encrypted and
+    authenticated with the NaCl box between us and the peer. The box proves the sender
+    to the recipient as a signature would (only the two key holders can make it), at a
+    small fraction of an Ed25519 signature and verification; what must convince third
+    parties (the receipt) is still signed."""
+    inner = wire.encode_unsigned(identity.public_key, message, now_ms=now_ms, nonce=nonce)
+    if len(inner) + SEALED_OVERHEAD > max_size:
+        raise LocalProtocolError(
+            f"{message.TYPE.name} is {len(inner) + SEALED_OVERHEAD} bytes; the limit is {max_size}"
+        )
+    sealed = boxes.box(peer_public_key).encrypt(inner, box_nonce)
+    header = _SEALED.pack(SEALED_MAGIC, wire.VERSION, identity.public_key, box_nonce)
+    return header + sealed.ciphertext
+
+
+def is_sealed(data: bytes) -> bool:
+    return data[:2] == SEALED_MAGIC
+
+
+def open_frame(
+    boxes: Boxes, data: bytes, *, now_ms: int, replay: wire.ReplayGuard | None,
+    window_ms: int = wire.DEFAULT_WINDOW_MS, max_size: int,
+    types: Mapping[int, type[wire.Message]] = TASK_TYPES,
+) -> wire.Envelope:
+    """Check, decrypt and decode a sealed frame: size, header, box (authenticity), then
+    the envelope's own checks (type, time window, replay, body)."""
+    size = len(data)
+    if size > max_size:
+        raise OversizedMessage(f"frame is {size} bytes; the limit is {max_size}")
+    if size < SEALED_OVERHEAD + wire.HEADER_SIZE:
+        raise TruncatedMessage(f"frame is {size} bytes; a sealed envelope needs more")
+    magic, version, sender, box_nonce = _SEALED.unpack_from(data)
+    if magic != SEALED_MAGIC:
+        raise MalformedMessage("not a sealed knarr frame (bad magic)")
+    if version != wire.VERSION:
+        raise MalformedMessage(f"unsupported protocol version {version}")
+    try:
+        inner = boxes.box(sender).decrypt(bytes(data[_SEALED.size :]), box_nonce)
+    except nacl.exceptions.CryptoError as exc:
+        raise BadSignature("sealed frame does not authenticate") from exc
+    return wire.open_unsigned(inner, sender=sender, now_ms=now_ms, replay=replay,
+                              window_ms=window_ms, types=types)
 
 
 # ------------------------------------------------------------------------------ sealing

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
@@ -421,7 +421,58 @@ def open_envelope(
         raise OversizedMessage(f"message is {size} bytes; the limit is {max_size}")
     if size < OVERHEAD:
         raise TruncatedMessage(f"message is {size} bytes; an envelope needs at least {OVERHEAD}")
-    magic, version, mtype, public_key, ts, nonce = _HEADER.unpack_from(data)
+    signed = bytes(data[: size - SIGNATURE_SIZE])
+    public_key = signed[4:36]
+
+    def check_signature() -> None:
+        verify(public_key, signed, bytes(data[size - SIGNATURE_SIZE :]))
+
+    return _open_checked(signed, public_key, check_signature, now_ms=now_ms, replay=replay,
+                         window_ms=window_ms, types=types)
+
+
+def encode_unsigned(public_key: bytes, message: Message, *, now_ms: int, nonce: bytes) -> bytes:
+    """An envelope without its signature, for a channel that authenticates it otherwise
+    (the task channel's sealed frames)."""
+    if len(nonce) != NONCE_SIZE:
+        raise LocalProtocolError(f"nonce must be {NONCE_SIZE} bytes")
+    header = _HEADER.pack(MAGIC, VERSION, message.TYPE, public_key, now_ms, nonce)
+    return header + cbor.encode(message.to_body())
+
+
+def open_unsigned(
+    data: bytes,
+    *,
+    sender: bytes,
+    now_ms: int,
+    replay: ReplayGuard | None,
+    window_ms: int = DEFAULT_WINDOW_MS,
+    types: Mapping[int, type[Message]],
+) -> Envelope:
+    """Check and decode an unsigned envelope that the caller has already authenticated as
+    coming from ``sender``: every check of :func:`open_envelope` but the signature, plus
+    that the envelope names ``sender`` (so a frame cannot be reflected back to its
+    author under another name)."""
+    if len(data) < HEADER_SIZE:
+        raise TruncatedMessage(f"message is {len(data)} bytes; a header needs {HEADER_SIZE}")
+    if data[4:36] != sender:
+        raise MalformedMessage("the envelope names another sender than its frame")
+    return _open_checked(data, sender, None, now_ms=now_ms, replay=replay,
+                         window_ms=window_ms, types=types)
+
+
+def _open_checked(
+    signed: bytes,
+    public_key: bytes,
+    check_signature: Callable[[], None] | None,
+    *,
+    now_ms: int,
+    replay: ReplayGuard | None,
+    window_ms: int,
+    types: Mapping[int, type[Message]],
+) -> Envelope:
+    """The checks shared by signed and sealed envelopes, cheapest first."""
+    magic, version, mtype, _, ts, nonce = _HEADER.unpack_from(signed)
     if magic != MAGIC:
         raise MalformedMessage("not a knarr message (bad magic)")
     if version != VERSION:
@@ -435,8 +486,8 @@ def open_envelope(
         raise FutureMessage(f"timestamp is {(ts - now_ms) / 1000:.1f} s in the future")
     if replay is not None:
         replay.check(public_key, nonce, ts)
-    signed = bytes(data[: size - SIGNATURE_SIZE])
-    verify(public_key, signed, bytes(data[size - SIGNATURE_SIZE :]))
+    if check_signature is not None:
+        check_signature()
     body = cbor.decode(memoryview(signed)[HEADER_SIZE:], max_depth=8, max_items=512)
     if not isinstance(body, dict):
         raise MistypedMessage("message body must be a map")

@@ -21,7 +21,7 @@ from typing import Any
 import nacl.bindings
 import pytest
 
-from knarr.errors import BadSignature, MistypedMessage
+from knarr.errors import BadSignature, MalformedMessage, MistypedMessage
 from knarr.node import cbor, wire
 from knarr.node.contact import Contact
 from knarr.node.dht import VALUE_PAD
@@ -48,11 +48,14 @@ from knarr.node.records import (
 from knarr.node.settlement import SettlePropose, SettleReply
 from knarr.node.sidecar import EMPTY_HASH, sign_headers, signed_message
 from knarr.node.tasks import (
-    BOX_OVERHEAD,
     ERROR_CLASSES,
+    SEALED_OVERHEAD,
+    TASK_TYPES,
     Boxes,
     TaskRequest,
     TaskResult,
+    open_frame,
+    seal_frame,
     split_result,
 )
 from knarr.node.wire import (
@@ -85,6 +88,7 @@ _CODE_ROW = re.compile(r"^\|\s*`([a-z_]+)`\s*\|", re.M)
 NOW_MS = 1_700_000_000_000
 ALICE = Identity.from_seed(bytes(range(32)))  # seed 00 01 .. 1f: requests; the task's requester
 BOB = Identity.from_seed(bytes(range(32, 64)))  # seed 20 21 .. 3f: replies; the task's provider
+MALLORY = Identity.from_seed(bytes(range(64, 96)))  # a third node, for what must not open
 REQUEST_NONCE = bytes(range(16))  # 00 01 .. 0f
 REPLY_NONCE = bytes(range(16, 32))  # 10 11 .. 1f
 
@@ -143,9 +147,28 @@ def contacts() -> tuple[Contact, ...]:
     )
 
 
+def task_request() -> TaskRequest:
+    return TaskRequest(
+        skill="echo", input=cbor.encode(TASK_INPUT), timeout_ms=TASK_TIMEOUT_MS,
+        sidecar=REQUESTER_SIDECAR,
+    )
+
+
+def task_result() -> TaskResult:
+    return TaskResult(re=REQUEST_NONCE, out=cbor.encode({"ok": TASK_OUTPUT}),
+                      receipt=receipt().raw)
+
+
 @cache
-def request_box() -> bytes:
-    return Boxes(ALICE).seal(BOB.public_key, {"input": TASK_INPUT}, REQUEST_BOX_NONCE)
+def request_frame() -> bytes:
+    return seal_frame(ALICE, Boxes(ALICE), BOB.public_key, task_request(), now_ms=NOW_MS,
+                      nonce=REQUEST_NONCE, box_nonce=REQUEST_BOX_NONCE, max_size=1 << 20)
+
+
+@cache
+def result_frame() -> bytes:
+    return seal_frame(BOB, Boxes(BOB), ALICE.public_key, task_result(), now_ms=NOW_MS,
+                      nonce=REPLY_NONCE, box_nonce=RESULT_BOX_NONCE, max_size=1 << 20)
 
 
 @cache
@@ -156,15 +179,6 @@ def receipt() -> Receipt:
         output_hash=hashlib.sha256(cbor.encode({"ok": TASK_OUTPUT})).digest(),
         time_ms=NOW_MS, outcome="completed", duration_ms=RECEIPT_MS,
     )
-
-
-def result_payload() -> dict[str, Any]:
-    return {"ok": TASK_OUTPUT, "receipt": receipt().raw}
-
-
-@cache
-def result_box() -> bytes:
-    return Boxes(BOB).seal(ALICE.public_key, result_payload(), RESULT_BOX_NONCE)
 
 
 def mail_payload() -> dict[str, Any]:
@@ -210,11 +224,6 @@ def envelopes() -> dict[str, tuple[Identity, bytes, Message]]:
         "stored_refused": (b, REPLY_NONCE, Stored(re=n, ok=False, why="record has expired")),
         "error": (b, REPLY_NONCE, Error(re=n, code=ErrorCode.RATE_LIMITED, msg="slow down")),
         "error_bare": (b, REPLY_NONCE, Error(re=n, code=ErrorCode.INTERNAL)),
-        "task_request": (a, n, TaskRequest(
-            skill="echo", box=request_box(), timeout_ms=TASK_TIMEOUT_MS,
-            sidecar=REQUESTER_SIDECAR,
-        )),
-        "task_result": (b, REPLY_NONCE, TaskResult(re=n, box=result_box())),
         "settle_propose": (a, n, SettlePropose(statement(), ALICE.sign(stmt))),
         "settle_reply": (b, REPLY_NONCE, SettleReply(re=n, ok=True, signature=BOB.sign(stmt))),
         "settle_reply_refused": (b, REPLY_NONCE, SettleReply(
@@ -252,9 +261,16 @@ def expected_vectors() -> dict[str, bytes]:
     vectors["record.echo"] = record().raw
     for name, (identity, nonce, message) in envelopes().items():
         vectors[f"envelope.{name}"] = wire.seal(identity, message, now_ms=NOW_MS, nonce=nonce)
-    vectors["task.request.plaintext"] = cbor.encode({"input": TASK_INPUT})
-    vectors["task.request.box"] = request_box()
-    vectors["task.result.box"] = result_box()
+    vectors["task.request.input"] = cbor.encode(TASK_INPUT)
+    vectors["task.request.envelope"] = wire.encode_unsigned(
+        ALICE.public_key, task_request(), now_ms=NOW_MS, nonce=REQUEST_NONCE
+    )
+    vectors["task.request.frame"] = request_frame()
+    vectors["task.result.out"] = cbor.encode({"ok": TASK_OUTPUT})
+    vectors["task.result.envelope"] = wire.encode_unsigned(
+        BOB.public_key, task_result(), now_ms=NOW_MS, nonce=REPLY_NONCE
+    )
+    vectors["task.result.frame"] = result_frame()
     vectors["mail.box"] = mail_box()
     vectors["receipt.echo"] = receipt().raw
     vectors["receipt.echo.id"] = bytes.fromhex(receipt().id)
@@ -449,41 +465,52 @@ def test_find_value_query_hashes_to_its_key_and_pads_as_documented() -> None:
     assert f"(at least {len(ro_node)} bytes" in doc_flat()
 
 
-def test_task_request_box_opens_for_the_provider() -> None:
+def test_task_request_frame_opens_for_the_provider_only() -> None:
     vectors = doc_vectors()
-    box, plaintext = vectors["task.request.box"], vectors["task.request.plaintext"]
-    assert cbor.decode(plaintext) == {"input": TASK_INPUT}
-    assert box[:24] == REQUEST_BOX_NONCE
-    assert len(box) == len(plaintext) + BOX_OVERHEAD == len(plaintext) + 40
-    assert Boxes(BOB).open(ALICE.public_key, box, max_size=1024) == {"input": TASK_INPUT}
-    # Section 6.2 written out: nonce ‖ crypto_box(plaintext, nonce, their public, my private).
+    frame_body, inner = vectors["task.request.frame"], vectors["task.request.envelope"]
+    assert frame_body[:3] == b"KS\x01" and frame_body[3:35] == ALICE.public_key
+    assert frame_body[35:59] == REQUEST_BOX_NONCE
+    assert len(frame_body) == len(inner) + SEALED_OVERHEAD == len(inner) + 75
+    # Section 6.2 written out: header ‖ crypto_box(envelope, nonce, their public, my private).
     their_public = vectors["identity.b.x25519_public_key"]
     my_private = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
         ALICE.seed + ALICE.public_key
     )
-    sealed = nacl.bindings.crypto_box(plaintext, REQUEST_BOX_NONCE, their_public, my_private)
-    assert box == REQUEST_BOX_NONCE + sealed
-    opened = wire.open_envelope(vectors["envelope.task_request"], now_ms=NOW_MS, replay=None)
-    assert isinstance(opened.message, TaskRequest) and opened.message.box == box
+    sealed = nacl.bindings.crypto_box(inner, REQUEST_BOX_NONCE, their_public, my_private)
+    assert frame_body == b"KS\x01" + ALICE.public_key + REQUEST_BOX_NONCE + sealed
+    opened = open_frame(Boxes(BOB), frame_body, now_ms=NOW_MS, replay=None, max_size=4096)
+    assert opened.public_key == ALICE.public_key and opened.nonce == REQUEST_NONCE
+    assert isinstance(opened.message, TaskRequest)
+    assert opened.message.input == vectors["task.request.input"]
+    assert cbor.decode(opened.message.input) == TASK_INPUT
+    with pytest.raises(BadSignature):  # a third node cannot open it
+        open_frame(Boxes(MALLORY), frame_body, now_ms=NOW_MS, replay=None, max_size=4096)
 
 
-def test_task_result_box_carries_the_output_and_a_receipt_the_requester_accepts() -> None:
+def test_task_result_frame_carries_the_output_and_a_receipt_the_requester_accepts() -> None:
     vectors = doc_vectors()
-    box = vectors["task.result.box"]
-    assert box[:24] == RESULT_BOX_NONCE
-    payload = Boxes(ALICE).open(BOB.public_key, box, max_size=4096)
-    assert payload == result_payload()
-    output, raw = split_result(payload)
-    assert output == TASK_OUTPUT and raw == vectors["receipt.echo"]
-    assert raw is not None
-    answered = {k: v for k, v in payload.items() if k != "receipt"}
+    opened = open_frame(Boxes(ALICE), vectors["task.result.frame"], now_ms=NOW_MS,
+                        replay=None, max_size=4096)
+    message = opened.message
+    assert isinstance(message, TaskResult) and message.re == REQUEST_NONCE
+    assert message.out == vectors["task.result.out"]
+    output, _ = split_result(cbor.decode(message.out))
+    assert output == TASK_OUTPUT and message.receipt == vectors["receipt.echo"]
     check_receipt(
-        parse_receipt(raw), provider_key=BOB.public_key, requester_key=ALICE.public_key,
-        task=REQUEST_NONCE, input_hash=digest(TASK_INPUT),
-        output_hash=hashlib.sha256(cbor.encode(answered)).digest(), max_price=PRICE,
+        parse_receipt(message.receipt), provider_key=BOB.public_key,
+        requester_key=ALICE.public_key, task=REQUEST_NONCE,
+        input_hash=hashlib.sha256(vectors["task.request.input"]).digest(),
+        output_hash=hashlib.sha256(message.out).digest(), max_price=PRICE,
     )
-    opened = wire.open_envelope(vectors["envelope.task_result"], now_ms=NOW_MS, replay=None)
-    assert isinstance(opened.message, TaskResult) and opened.message.box == box
+
+
+def test_a_sealed_frame_reflected_to_its_author_is_refused() -> None:
+    """X25519 is symmetric: A's frame to B opens for A too. The envelope inside names A,
+    so passing it off to A as B's is caught."""
+    body = bytearray(doc_vectors()["task.request.frame"])
+    body[3:35] = BOB.public_key
+    with pytest.raises(MalformedMessage, match="another sender"):
+        open_frame(Boxes(ALICE), bytes(body), now_ms=NOW_MS, replay=None, max_size=4096)
 
 
 def test_mail_box_opens_for_the_recipient() -> None:
@@ -582,14 +609,15 @@ def test_every_message_type_has_a_section() -> None:
         )
 
 
-def test_every_message_type_is_registered_with_the_codec() -> None:
-    assert set(wire.MESSAGE_TYPES) == {t.value for t in MsgType}
+def test_every_message_type_is_registered_with_a_codec() -> None:
+    assert set(wire.MESSAGE_TYPES) == {t.value for t in MsgType} - set(TASK_TYPES)
+    assert set(TASK_TYPES) == {MsgType.TASK_REQUEST, MsgType.TASK_RESULT}
     assert set(wire.DHT_TYPES) == {t.value for t in MsgType if t < TASK_CHANNEL_FIRST_TYPE}
 
 
 def test_every_message_type_has_an_envelope_vector() -> None:
     covered = {wire.peek_type(data) for name, data in doc_vectors().items()
-               if name.startswith("envelope.")}
+               if name.startswith("envelope.") or name.endswith(".envelope")}
     assert covered == {t.value for t in MsgType}
 
 

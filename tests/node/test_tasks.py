@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from knarr.errors import (
+    BadSignature,
     KnarrError,
-    MalformedMessage,
     ProviderUnreachable,
-    RemoteProtocolError,
     RequestTimeout,
     SkillNotFound,
     TaskError,
@@ -25,19 +24,20 @@ from knarr.errors import (
     TaskRefused,
     TaskTimedOut,
 )
-from knarr.node import wire
+from knarr.node import cbor, wire
 from knarr.node.identity import Identity
 from knarr.node.node import Node
 from knarr.node.taskchannel import Sealer
 from knarr.node.tasks import (
-    BOX_OVERHEAD,
     ENVELOPE_SLACK,
     FRAME_HEADER,
     Boxes,
     TaskRequest,
     TaskResult,
     frame,
+    open_frame,
     outcome_of,
+    seal_frame,
 )
 from knarr.node.wire import Ping
 from tests.conftest import NodeFactory, sheet, wait_for
@@ -186,10 +186,12 @@ class RawRequester:
         self.reader, self.writer = await asyncio.open_connection(*provider.address)
 
     def seal_input(self, data: Any) -> bytes:
-        return self.sealer.boxes.seal(self.provider_key, {"input": data}, os.urandom(24))
+        """The request's ``input`` field: the input's canonical encoding."""
+        return cbor.encode(data)
 
-    def request_frame(self, skill: str, box: bytes) -> tuple[bytes, bytes]:
-        return self.sealer.seal(TaskRequest(skill, box), len(box) + ENVELOPE_SLACK)
+    def request_frame(self, skill: str, encoded: bytes) -> tuple[bytes, bytes]:
+        return self.sealer.seal_task(self.provider_key, TaskRequest(skill, encoded),
+                                     len(encoded) + ENVELOPE_SLACK)
 
     def send(self, data: bytes) -> None:
         assert self.writer is not None
@@ -200,12 +202,11 @@ class RawRequester:
         async with asyncio.timeout(5):
             (length,) = FRAME_HEADER.unpack(await self.reader.readexactly(4))
             data = await self.reader.readexactly(length)
-        env = wire.open_envelope(data, now_ms=_now_ms(), replay=None, max_size=1 << 20)
+        env = open_frame(self.sealer.boxes, data, now_ms=_now_ms(), replay=None,
+                         max_size=1 << 20)
         assert isinstance(env.message, TaskResult)
         assert env.public_key == self.provider_key
-        return outcome_of(
-            self.sealer.boxes.open(self.provider_key, env.message.box, max_size=1 << 20)
-        )
+        return outcome_of(cbor.decode(env.message.out))
 
     async def closed_by_peer(self) -> bool:
         """Whether the provider closes the connection (rather than answering)."""
@@ -304,24 +305,23 @@ async def test_task_payloads_are_unreadable_on_the_wire(make_node: NodeFactory) 
     assert secret.encode() not in tap.upstream
     assert secret.encode() not in tap.downstream
 
-    env = wire.open_envelope(_first_frame(tap.upstream), now_ms=_now_ms(), replay=None,
-                             max_size=1 << 20)
+    upstream, downstream = _first_frame(tap.upstream), _first_frame(tap.downstream)
+    env = open_frame(Boxes(provider.identity), upstream, now_ms=_now_ms(), replay=None,
+                     max_size=1 << 20)
     assert isinstance(env.message, TaskRequest) and env.message.skill == "echo"
     assert env.public_key == requester.identity.public_key
-    opened = Boxes(provider.identity).open(requester.identity.public_key, env.message.box,
-                                           max_size=1024)
-    assert opened == {"input": {"text": secret}}
-    with pytest.raises(MalformedMessage):
-        Boxes(Identity.generate()).open(requester.identity.public_key, env.message.box,
-                                        max_size=1024)
+    assert cbor.decode(env.message.input) == {"text": secret}
+    with pytest.raises(BadSignature):  # nobody else can open it
+        open_frame(Boxes(Identity.generate()), upstream, now_ms=_now_ms(), replay=None,
+                   max_size=1 << 20)
 
-    result = wire.open_envelope(_first_frame(tap.downstream), now_ms=_now_ms(), replay=None,
-                                max_size=1 << 20)
+    result = open_frame(Boxes(requester.identity), downstream, now_ms=_now_ms(), replay=None,
+                        max_size=1 << 20)
     assert isinstance(result.message, TaskResult) and result.message.re == env.nonce
     assert result.public_key == provider.identity.public_key
-    with pytest.raises(MalformedMessage):
-        Boxes(Identity.generate()).open(provider.identity.public_key, result.message.box,
-                                        max_size=1024)
+    with pytest.raises(BadSignature):
+        open_frame(Boxes(Identity.generate()), downstream, now_ms=_now_ms(), replay=None,
+                   max_size=1 << 20)
 
 
 # ------------------------------------------------------------------------ refusals
@@ -483,10 +483,10 @@ async def test_the_provider_checks_in_order(
         "allowed_nodes": [raw.identity.node_id_hex if allowed else "ab" * 32],
     })
     await raw.connect(provider)
-    limit = 64 + 16  # max_input_size plus the provider's allowance for the wrapper
+    limit = 64  # max_input_size: the encoded input's length
     sealed = {
-        "garbage-over": os.urandom(limit + BOX_OVERHEAD + 1),
-        "garbage-under": os.urandom(limit + BOX_OVERHEAD),
+        "garbage-over": os.urandom(limit + 1),
+        "garbage-under": os.urandom(limit),
         "schema-violation-over": raw.seal_input({"text": 1, "pad": "x" * 100}),
         "schema-violation-under": raw.seal_input({"text": 1}),
         "valid": raw.seal_input({"text": "ok"}),
@@ -505,12 +505,15 @@ async def test_the_provider_checks_in_order(
         await raw.close()
 
 
-async def test_a_result_signed_by_the_wrong_key_is_rejected(make_node: NodeFactory) -> None:
+async def test_a_request_sealed_for_another_key_is_never_run(make_node: NodeFactory) -> None:
+    """A requester that expects another node at this address (a stale record, an
+    impostor's) seals for that node's key: the provider cannot open the frame and hangs
+    up, so nothing runs and no result from the wrong node is ever taken."""
     calls = Calls()
     provider, requester = await _network(make_node, calls)
     host, port = provider.address
     impostor = Identity.generate()
-    with pytest.raises(RemoteProtocolError, match="wrong node"):
+    with pytest.raises(ProviderUnreachable, match="closed the connection"):
         await requester.client.call(host, port, impostor.public_key, "upper", {"text": "x"},
                                     timeout=5)
     assert calls.count == 0
@@ -640,10 +643,18 @@ async def test_a_frame_over_the_limit_is_dropped_unread(make_node: NodeFactory) 
             lambda raw: raw.sealer.seal(Ping(), 1400)[1], id="not-a-task-request"
         ),
         pytest.param(
-            lambda raw: frame(wire.seal(raw.identity, TaskRequest("upper", b""),
-                                        now_ms=_now_ms() - 3_600_000, nonce=os.urandom(16),
-                                        max_size=4096)),
+            lambda raw: frame(seal_frame(
+                raw.identity, raw.sealer.boxes, raw.provider_key, TaskRequest("upper", b"\xa0"),
+                now_ms=_now_ms() - 3_600_000, nonce=os.urandom(16), box_nonce=os.urandom(24),
+                max_size=4096,
+            )),
             id="stale",
+        ),
+        pytest.param(
+            lambda raw: frame(wire.seal(raw.identity, TaskRequest("upper", b"\xa0"),
+                                        now_ms=_now_ms(), nonce=os.urandom(16),
+                                        max_size=4096)),
+            id="signed-not-sealed",
         ),
     ],
 )
@@ -675,7 +686,7 @@ async def test_a_replayed_request_runs_once(make_node: NodeFactory) -> None:
     await _still_serves(requester, calls)
 
 
-@pytest.mark.parametrize("where", ["skill", "box", "signature", "public-key"])
+@pytest.mark.parametrize("where", ["ciphertext", "tag", "box-nonce", "public-key"])
 async def test_an_altered_request_is_dropped(make_node: NodeFactory, where: str) -> None:
     calls = Calls()
     provider, requester = await _network(make_node, calls)
@@ -683,16 +694,14 @@ async def test_an_altered_request_is_dropped(make_node: NodeFactory, where: str)
     raw.provider_key = provider.identity.public_key
     _, data = raw.request_frame("upper", raw.seal_input({"text": "genuine"}))
     altered = bytearray(data)
-    body = 4 + wire.HEADER_SIZE
-    if where == "skill":
-        at = altered.index(b"upper", body)
-        altered[at : at + 5] = b"UPPER"
-    elif where == "box":
-        altered[len(altered) - 64 - 20] ^= 0x01  # the body ends with the skill
-    elif where == "signature":
-        altered[-1] ^= 0x80
+    if where == "ciphertext":
+        altered[-1] ^= 0x01
+    elif where == "tag":
+        altered[4 + 59] ^= 0x80
+    elif where == "box-nonce":
+        altered[4 + 35] ^= 0x01
     else:
-        altered[4 + 4 : 4 + 36] = Identity.generate().public_key
+        altered[4 + 3 : 4 + 35] = Identity.generate().public_key
     async with _raw(provider, raw.identity) as tampered:
         tampered.send(bytes(altered))
         assert await tampered.closed_by_peer()

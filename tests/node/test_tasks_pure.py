@@ -12,12 +12,14 @@ from knarr.errors import (
     LocalProtocolError,
     MalformedMessage,
     MistypedMessage,
+    OversizedMessage,
     RemoteProtocolError,
     ReplayedMessage,
     TaskError,
     TaskFailed,
     TaskRefused,
     TaskTimedOut,
+    TruncatedMessage,
 )
 from knarr.node import cbor, wire
 from knarr.node.identity import Identity
@@ -27,16 +29,20 @@ from knarr.node.tasks import (
     ERROR_CLASSES,
     FRAME_HEADER,
     MAX_SKILL_NAME,
+    SEALED_OVERHEAD,
     Boxes,
     TaskRequest,
     TaskResult,
     check_frame_length,
     error_payload,
     frame,
+    is_sealed,
     ok_payload,
+    open_frame,
     outcome_of,
     plaintext_size,
     schema_problem,
+    seal_frame,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)
@@ -218,19 +224,57 @@ def test_boxes_are_cached_per_peer_and_the_least_recent_is_evicted() -> None:
         TaskRequest("a" * MAX_SKILL_NAME, b"", timeout_ms=30_000),
         TaskRequest("echo", b"\x05", sidecar=65535),
         TaskResult(b"\x02" * wire.NONCE_SIZE, b"\x03" * 60),
+        TaskResult(b"\x02" * wire.NONCE_SIZE, b"\x03", receipt=b"\x06" * 200),
     ],
 )
-def test_task_messages_round_trip_through_the_envelope(message: wire.Message) -> None:
-    data = wire.seal(ALICE, message, now_ms=NOW_MS, nonce=b"\x04" * 16, max_size=4096)
-    env = wire.open_envelope(data, now_ms=NOW_MS, replay=None, max_size=4096)
+def test_task_messages_round_trip_through_a_sealed_frame(message: wire.Message) -> None:
+    data = seal_frame(ALICE, Boxes(ALICE), BOB.public_key, message, now_ms=NOW_MS,
+                      nonce=b"\x04" * 16, box_nonce=BOX_NONCE, max_size=4096)
+    assert is_sealed(data) and len(data) == SEALED_OVERHEAD + wire.HEADER_SIZE + len(
+        cbor.encode(message.to_body())
+    )
+    env = open_frame(Boxes(BOB), data, now_ms=NOW_MS, replay=None, max_size=4096)
     assert env.message == message
     assert env.public_key == ALICE.public_key
     assert env.nonce == b"\x04" * 16
-    assert wire.peek_type(data) == message.TYPE
+
+
+def test_a_task_message_is_not_accepted_in_a_signed_envelope() -> None:
+    data = wire.seal(ALICE, TaskRequest("echo", b"\xa0"), now_ms=NOW_MS, nonce=bytes(16),
+                     max_size=4096)
+    with pytest.raises(MistypedMessage):
+        wire.open_envelope(data, now_ms=NOW_MS, replay=None, max_size=4096)
+
+
+def test_a_signed_envelope_is_not_accepted_as_a_sealed_frame() -> None:
+    data = wire.seal(ALICE, wire.FindNode(target=ALICE.node_id), now_ms=NOW_MS,
+                     nonce=bytes(16), max_size=4096)
+    with pytest.raises(MalformedMessage, match="bad magic"):
+        open_frame(Boxes(BOB), data, now_ms=NOW_MS, replay=None, max_size=4096)
+
+
+@pytest.mark.parametrize("where", range(0, 200, 7))
+def test_a_sealed_frame_with_any_byte_changed_is_refused(where: int) -> None:
+    data = bytearray(seal_frame(ALICE, Boxes(ALICE), BOB.public_key, TaskRequest("echo", b"\xa0"),
+                                now_ms=NOW_MS, nonce=bytes(16), box_nonce=BOX_NONCE,
+                                max_size=4096))
+    at = where % len(data)
+    data[at] ^= 0x01
+    with pytest.raises(RemoteProtocolError):
+        open_frame(Boxes(BOB), bytes(data), now_ms=NOW_MS, replay=None, max_size=4096)
+
+
+def test_a_sealed_frame_is_size_checked_before_it_is_opened() -> None:
+    data = seal_frame(ALICE, Boxes(ALICE), BOB.public_key, TaskRequest("echo", bytes(100)),
+                      now_ms=NOW_MS, nonce=bytes(16), box_nonce=BOX_NONCE, max_size=4096)
+    with pytest.raises(OversizedMessage):
+        open_frame(Boxes(BOB), data, now_ms=NOW_MS, replay=None, max_size=len(data) - 1)
+    with pytest.raises(TruncatedMessage):
+        open_frame(Boxes(BOB), data[:80], now_ms=NOW_MS, replay=None, max_size=4096)
 
 
 def test_a_request_without_a_timeout_or_sidecar_leaves_them_off_the_wire() -> None:
-    assert TaskRequest("echo", b"").to_body() == {"skill": "echo", "box": b""}
+    assert TaskRequest("echo", b"").to_body() == {"skill": "echo", "input": b""}
     assert TaskRequest("echo", b"", 5).to_body()["timeout"] == 5
     assert TaskRequest("echo", b"", sidecar=8081).to_body()["side"] == 8081
 
@@ -238,21 +282,24 @@ def test_a_request_without_a_timeout_or_sidecar_leaves_them_off_the_wire() -> No
 @pytest.mark.parametrize(
     ("cls", "body"),
     [
-        (TaskRequest, {"skill": "echo", "box": b"", "extra": 1}),
-        (TaskRequest, {"skill": "x" * (MAX_SKILL_NAME + 1), "box": b""}),
-        (TaskRequest, {"skill": 7, "box": b""}),
+        (TaskRequest, {"skill": "echo", "input": b"", "extra": 1}),
+        (TaskRequest, {"skill": "echo", "box": b""}),
+        (TaskRequest, {"skill": "x" * (MAX_SKILL_NAME + 1), "input": b""}),
+        (TaskRequest, {"skill": 7, "input": b""}),
         (TaskRequest, {"skill": "echo"}),
-        (TaskRequest, {"skill": "echo", "box": "text"}),
-        (TaskRequest, {"skill": "echo", "box": b"", "timeout": -1}),
-        (TaskRequest, {"skill": "echo", "box": b"", "timeout": 1.5}),
-        (TaskRequest, {"skill": "echo", "box": b"", "timeout": True}),
-        (TaskRequest, {"skill": "", "box": b""}),
-        (TaskRequest, {"box": b""}),
-        (TaskRequest, {"skill": "echo", "box": b"", "side": 65536}),
-        (TaskRequest, {"skill": "echo", "box": b"", "side": -1}),
-        (TaskResult, {"re": b"\x00" * 15, "box": b""}),
+        (TaskRequest, {"skill": "echo", "input": "text"}),
+        (TaskRequest, {"skill": "echo", "input": b"", "timeout": -1}),
+        (TaskRequest, {"skill": "echo", "input": b"", "timeout": 1.5}),
+        (TaskRequest, {"skill": "echo", "input": b"", "timeout": True}),
+        (TaskRequest, {"skill": "", "input": b""}),
+        (TaskRequest, {"input": b""}),
+        (TaskRequest, {"skill": "echo", "input": b"", "side": 65536}),
+        (TaskRequest, {"skill": "echo", "input": b"", "side": -1}),
+        (TaskResult, {"re": b"\x00" * 15, "out": b""}),
         (TaskResult, {"re": b"\x00" * 16}),
-        (TaskResult, {"re": b"\x00" * 16, "box": b"", "ok": True}),
+        (TaskResult, {"re": b"\x00" * 16, "out": b"", "ok": True}),
+        (TaskResult, {"re": b"\x00" * 16, "out": b"", "receipt": "text"}),
+        (TaskResult, {"re": b"\x00" * 16, "box": b""}),
     ],
 )
 def test_task_message_bodies_with_wrong_fields_are_mistyped(
@@ -264,8 +311,8 @@ def test_task_message_bodies_with_wrong_fields_are_mistyped(
 
 def test_a_task_request_too_large_for_its_limit_is_not_sealed() -> None:
     with pytest.raises(LocalProtocolError, match="TASK_REQUEST"):
-        wire.seal(ALICE, TaskRequest("echo", bytes(2000)), now_ms=NOW_MS, nonce=bytes(16),
-                  max_size=1000)
+        seal_frame(ALICE, Boxes(ALICE), BOB.public_key, TaskRequest("echo", bytes(2000)),
+                   now_ms=NOW_MS, nonce=bytes(16), box_nonce=BOX_NONCE, max_size=1000)
 
 
 def test_frames_are_length_prefixed_and_checked_against_the_limit() -> None:
@@ -275,17 +322,25 @@ def test_frames_are_length_prefixed_and_checked_against_the_limit() -> None:
         check_frame_length(101, 100)
 
 
-def test_sealer_frames_a_signed_envelope_and_refuses_its_replay() -> None:
+def test_sealer_frames_a_sealed_task_and_refuses_its_replay() -> None:
     counter = iter(range(1, 100))
     sealer = Sealer(ALICE, Boxes(ALICE), wire.ReplayGuard(), clock=lambda: NOW_MS / 1000,
                     entropy=lambda n: bytes([next(counter)]) * n)
     receiver = Sealer(BOB, Boxes(BOB), wire.ReplayGuard(), clock=lambda: NOW_MS / 1000)
-    request = TaskRequest("echo", b"box")
-    nonce, data = sealer.seal(request, 4096)
+    request = TaskRequest("echo", b"\xa0")
+    nonce, data = sealer.seal_task(BOB.public_key, request, 4096)
     assert nonce == b"\x01" * 16
     (length,) = FRAME_HEADER.unpack(data[:4])
     assert length == len(data) - 4
-    env = receiver.open(data[4:], 4096)
+    env = receiver.open_any(data[4:], 4096)
     assert env.message == request and env.nonce == nonce and env.timestamp_ms == NOW_MS
     with pytest.raises(ReplayedMessage):
-        receiver.open(data[4:], 4096)
+        receiver.open_any(data[4:], 4096)
+
+
+def test_sealer_opens_signed_envelopes_too() -> None:
+    sealer = Sealer(ALICE, Boxes(ALICE), wire.ReplayGuard(), clock=lambda: NOW_MS / 1000)
+    receiver = Sealer(BOB, Boxes(BOB), wire.ReplayGuard(), clock=lambda: NOW_MS / 1000)
+    nonce, data = sealer.seal(wire.Ping(), 4096)
+    env = receiver.open_any(data[4:], 4096)
+    assert isinstance(env.message, wire.Ping) and env.nonce == nonce
