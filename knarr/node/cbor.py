@@ -124,7 +124,19 @@ def _encode_float(value: float) -> bytes:
     return _DOUBLE.pack(0xFB, value)
 
 
+_KEY_CACHE: dict[str, bytes] = {}
+"""Encoded short text keys: messages, receipts and records reuse a few dozen names."""
+_KEY_CACHE_LIMIT = 1024
+
+
 def _encode_key(key: object) -> bytes:
+    if type(key) is str:
+        cached = _KEY_CACHE.get(key)
+        if cached is None:
+            cached = _encode_str(key)
+            if len(cached) <= 24 and len(_KEY_CACHE) < _KEY_CACHE_LIMIT:
+                _KEY_CACHE[key] = cached
+        return cached
     if isinstance(key, str):
         return _encode_str(key)
     if isinstance(key, int) and not isinstance(key, bool):

@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from knarr.errors import InvalidRecord, RemoteProtocolError
@@ -45,7 +46,7 @@ class InvalidReceipt(InvalidRecord):
     """A receipt or settlement statement that does not verify or does not match."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, eq=False)
 class Receipt:
     """A verified, provider-signed receipt for one task."""
 
@@ -61,15 +62,16 @@ class Receipt:
     provider_key: bytes
     raw: bytes
 
-    @property
+    # Cached: the books ask for these several times per receipt, each a SHA-256.
+    @cached_property
     def provider(self) -> bytes:
         return node_id_of(self.provider_key)
 
-    @property
+    @cached_property
     def requester(self) -> bytes:
         return node_id_of(self.requester_key)
 
-    @property
+    @cached_property
     def id(self) -> str:
         """Unique per task: the hash of the signed receipt."""
         return hashlib.sha256(self.raw).hexdigest()

@@ -58,29 +58,28 @@ class Ledger:
         sign = 1 if role == "provided" else -1
         now = self.clock()
         booked: list[Receipt] = []
-        seen: set[str] = set()
-        with self.store.transaction():
+        rows: list[tuple[str, str, int, float]] = []
+        store = self.store
+        with store.transaction():
             for receipt in receipts:
-                if receipt.id in seen or self.store.execute(
-                    "SELECT 1 FROM receipts WHERE id = ?", (receipt.id,)
-                ):
-                    continue
-                seen.add(receipt.id)
                 peer = (receipt.requester if role == "provided" else receipt.provider).hex()
                 charged = receipt.charged
-                self.store.execute(
-                    "INSERT INTO receipts(id, role, peer, skill, price, charged, outcome,"
-                    " duration, created, raw) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                store.execute(
+                    "INSERT OR IGNORE INTO receipts(id, role, peer, skill, price, charged,"
+                    " outcome, duration, created, raw) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (receipt.id, role, peer, receipt.skill, receipt.price, charged,
                      receipt.outcome, receipt.duration_ms, now, receipt.raw),
                 )
+                if not store.changes():
+                    continue  # booked before: never counted twice
                 if charged:
-                    self.store.executemany(
-                        "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
-                        [(receipt.id, f"peer:{peer}", sign * charged, now),
-                         (receipt.id, role, -sign * charged, now)],
-                    )
+                    rows += [(receipt.id, f"peer:{peer}", sign * charged, now),
+                             (receipt.id, role, -sign * charged, now)]
                 booked.append(receipt)
+            if rows:
+                store.executemany(
+                    "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)", rows
+                )
         # Only after the commit: a failed transaction leaves the cache as it was.
         for receipt in booked:
             peer = (receipt.requester if role == "provided" else receipt.provider).hex()

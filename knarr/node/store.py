@@ -198,6 +198,11 @@ class Store:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
+    def changes(self) -> int:
+        """Rows changed by the last statement (0 after an ``INSERT OR IGNORE`` that
+        found its key taken)."""
+        return int(self._db.changes())
+
     def get_meta(self, key: str) -> bytes | None:
         rows = self.execute("SELECT value FROM meta WHERE key = ?", (key,))
         if not rows:
