@@ -152,12 +152,44 @@ class Ledger:
         totals["unbalanced_transactions"] = int(imbalance[0][0])
         return totals
 
-    def unsettled(self, peer: str) -> list[str]:
+    def unsettled(self, peer: str, *, role: str | None = None) -> list[str]:
+        """Ids of the charged receipts with ``peer`` that no settlement covers yet (only
+        those of ``role``, ``provided`` or ``consumed``, if given)."""
+        where, params = ("AND role = ?", (peer, role)) if role else ("", (peer,))
         rows = self.store.execute(
-            "SELECT id FROM receipts WHERE peer = ? AND settlement IS NULL AND charged > 0",
-            (peer,),
+            "SELECT id FROM receipts WHERE peer = ? AND settlement IS NULL AND charged > 0 "
+            + where, params,
         )
         return [str(r[0]) for r in rows]
+
+    def void(self, ids: Sequence[str], *, peer: str, before: float) -> list[str]:
+        """Cancel the charges of receipts we provided to ``peer`` and booked before
+        ``before``: each gets reversing ledger rows (transaction ``void:<id>``) and is
+        marked ``void``, so no settlement counts it. Returns the ids voided."""
+        voided: list[str] = []
+        now = self.clock()
+        with self.store.transaction():
+            for rid in ids:
+                rows = self.store.execute(
+                    "SELECT charged FROM receipts WHERE id = ? AND peer = ? AND role = 'provided'"
+                    " AND settlement IS NULL AND charged > 0 AND created < ?",
+                    (rid, peer, before),
+                )
+                if not rows:
+                    continue
+                charged = int(rows[0][0])
+                self.store.execute(
+                    "UPDATE receipts SET settlement = 'void' WHERE id = ?", (rid,)
+                )
+                self.store.executemany(
+                    "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
+                    [(f"void:{rid}", f"peer:{peer}", -charged, now),
+                     (f"void:{rid}", "provided", charged, now)],
+                )
+                voided.append(rid)
+        if voided:
+            self._balances.pop(peer, None)
+        return voided
 
     def settlement_view(self, peer: str) -> tuple[int, bytes, list[str]]:
         """(balance with ``peer`` over unsettled receipts, their hash, their ids), read in

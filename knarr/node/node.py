@@ -57,10 +57,13 @@ from knarr.node.mail import (
 from knarr.node.records import SkillRecord, sign_record, skill_key, tag_key
 from knarr.node.routing import AddResult, bucket_index
 from knarr.node.settlement import (
+    MAX_RECONCILE_IDS,
     Delegation,
     SettlementDesk,
     SettlementRefused,
     SettlePropose,
+    SettleReconcile,
+    SettleReconciled,
     SettleReply,
 )
 from knarr.node.store import Store
@@ -173,7 +176,7 @@ class Node:
         self._peer_keys: dict[bytes, bytes] = {}
         self.settlements = SettlementDesk(self.identity, self.ledger, entropy, clock=clock)
         self.tasks.on_request = self._on_request
-        self.tasks.answers = (SettlePropose, MailMessage)
+        self.tasks.answers = (SettlePropose, SettleReconcile, MailMessage)
         self.events = EventLog(clock=clock)
         self.dht.on_unmet = self._unmet
         self.dht.on_contact = self._contact_added
@@ -670,7 +673,18 @@ class Node:
                 direction="in" if statement.creditor == self.identity.node_id else "out",
             )
             return reply
+        if isinstance(env.message, SettleReconcile):
+            voided = self.settlements.reconcile(env.sender_id, env.message.ids)
+            self._report_void(env.sender_id.hex(), voided)
+            remaining = self.ledger.unsettled(env.sender_id.hex())
+            return SettleReconciled(env.nonce, voided, remaining[:MAX_RECONCILE_IDS])
         return None
+
+    def _report_void(self, peer: str, voided: list[str]) -> None:
+        if voided:
+            log.warning("voided %d charge(s) to %s…: the requester never received them",
+                        len(voided), peer[:16])
+            self.events.emit("settlement.void", peer=peer, ids=voided)
 
     async def settle(
         self, peer: str, *, timeout: float = 30.0, delegation: Delegation | None = None
@@ -689,13 +703,32 @@ class Node:
         found = await self.dht.lookup(peer_id)
         contact = next((c for c in found.closest if c.node_id == peer_id), None)
         if contact is None:
+            # A provider that restarted on another port is found by its newest record
+            # before the routing tables have caught up.
+            records = [r for r in self._discovered.values() if r.provider_id == peer_id]
+            if records:
+                newest = max(records, key=lambda r: r.seq)
+                contact = Contact(peer_id, newest.host, newest.port)
+        if contact is None:
             raise SettlementRefused(f"peer {peer[:16]}… cannot be found on the network")
-        env = await self.client.exchange(
-            contact.host, contact.port, key, proposal, timeout=timeout
-        )
-        if not isinstance(env.message, SettleReply):
-            raise RemoteProtocolError("the peer answered a settlement with something else")
-        self.settlements.conclude(proposal, env.message, key)
+        reply = await self._propose(contact, key, proposal, timeout)
+        if not reply.ok and reply.why.startswith("books differ"):
+            # Reconcile once: each side voids the charges whose receipts the other never
+            # got, then the proposal is made again over what both hold.
+            self.settlements.conclude(proposal, reply, key, raise_refusal=False)
+            ours = self.ledger.unsettled(peer)[:MAX_RECONCILE_IDS]
+            env = await self.client.exchange(
+                contact.host, contact.port, key, SettleReconcile(ours), timeout=timeout
+            )
+            if not isinstance(env.message, SettleReconciled):
+                raise RemoteProtocolError("the peer answered a reconciliation with something else")
+            self._report_void(peer, self.settlements.reconcile(peer_id, env.message.ids))
+            retry = self.settlements.propose(peer_id, delegation)
+            if retry is None:
+                return None
+            proposal = retry
+            reply = await self._propose(contact, key, proposal, timeout)
+        self.settlements.conclude(proposal, reply, key)
         statement = proposal.statement
         signed = statement.amount if statement.creditor == self.identity.node_id else (
             -statement.amount
@@ -703,6 +736,15 @@ class Node:
         self.events.emit("settlement", peer=peer, amount=signed / 1e6, id=statement.id.hex(),
                          note="amount > 0: the peer paid us; < 0: we paid the peer")
         return proposal.statement
+
+    async def _propose(self, contact: Contact, key: bytes, proposal: SettlePropose,
+                       timeout: float) -> SettleReply:
+        env = await self.client.exchange(
+            contact.host, contact.port, key, proposal, timeout=timeout
+        )
+        if not isinstance(env.message, SettleReply):
+            raise RemoteProtocolError("the peer answered a settlement with something else")
+        return env.message
 
     async def request(
         self, skill: str, data: Mapping[str, Any], *, timeout: float = 30.0

@@ -181,8 +181,69 @@ class SettleReply(Reply):
         return cls(_bytes(body, "re", NONCE_SIZE), False, b"", _text(body, "why"), amount, count)
 
 
+MAX_RECONCILE_IDS = 30_000
+"""Receipt ids in one reconciliation (960,000 bytes: within a provider's frame limit)."""
+RECONCILE_GRACE_S = 120.0
+"""A receipt younger than this is never voided: its result may still be on its way."""
+
+
+def _ids_field(body: dict[Any, Any], key: str) -> list[str]:
+    """A field of concatenated 32-byte receipt ids (one byte string, so that thousands of
+    ids stay within an envelope body's item limit)."""
+    raw = _bytes(body, key)
+    if len(raw) % 32 or len(raw) > 32 * MAX_RECONCILE_IDS:
+        raise MistypedMessage(f"field {key!r} must be up to {MAX_RECONCILE_IDS} 32-byte ids")
+    return [raw[i : i + 32].hex() for i in range(0, len(raw), 32)]
+
+
+def _pack_ids(ids: list[str]) -> bytes:
+    return b"".join(bytes.fromhex(i) for i in ids)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleReconcile(Request):
+    """The unsettled receipts the sender holds with the recipient, by id: sent when a
+    settlement was refused because the two books differ."""
+
+    TYPE = MsgType.SETTLE_RECONCILE
+    FIELDS = frozenset({"ids"})
+    ids: list[str]
+    ro: bool = False
+
+    def to_body(self) -> dict[str, Any]:
+        return {"ids": _pack_ids(self.ids)}
+
+    @classmethod
+    def from_body(cls, body: dict[Any, Any]) -> SettleReconcile:
+        _only(body, cls.FIELDS)
+        return cls(_ids_field(body, "ids"))
+
+
+@dataclass(frozen=True, slots=True)
+class SettleReconciled(Reply):
+    """What the recipient voided (receipts it provided that the sender never got) and
+    the unsettled receipts it holds after that."""
+
+    TYPE = MsgType.SETTLE_RECONCILED
+    FIELDS = frozenset({"re", "void", "ids"})
+    re: bytes
+    void: list[str]
+    ids: list[str]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"re": self.re, "void": _pack_ids(self.void), "ids": _pack_ids(self.ids)}
+
+    @classmethod
+    def from_body(cls, body: dict[Any, Any]) -> SettleReconciled:
+        _only(body, cls.FIELDS)
+        return cls(_bytes(body, "re", NONCE_SIZE), _ids_field(body, "void"),
+                   _ids_field(body, "ids"))
+
+
 wire.register_message(SettlePropose)
 wire.register_message(SettleReply)
+wire.register_message(SettleReconcile)
+wire.register_message(SettleReconciled)
 
 
 class SettlementDesk:
@@ -199,6 +260,7 @@ class SettlementDesk:
         self._proposed: dict[bytes, list[str]] = {}
         self._delegated: dict[tuple[bytes, int], int] = {}
         """(proposer, UTC day) → micro-credits its delegate spent with us that day."""
+        self.grace = RECONCILE_GRACE_S
 
     def propose(self, peer: bytes, delegation: Delegation | None = None) -> SettlePropose | None:
         """A signed proposal over our unsettled receipts with ``peer`` (a node id), or
@@ -261,11 +323,28 @@ class SettlementDesk:
             self._delegated[spend] = self._delegated.get(spend, 0) + statement.amount
         return SettleReply(nonce, True, signature)
 
-    def conclude(self, proposal: SettlePropose, reply: SettleReply, peer_key: bytes) -> None:
-        """Book an accepted proposal, or raise :class:`SettlementRefused`."""
+    def reconcile(self, peer: bytes, theirs: list[str]) -> list[str]:
+        """Void the receipts we provided to ``peer`` that it does not hold (so never
+        received), unless they are too recent to tell. A charge stands only on a receipt
+        its requester has: a provider that booked a task and then died, or lost the
+        connection, before the result left would otherwise keep a charge the requester
+        never saw, and the two books would disagree for good."""
+        held = set(theirs)
+        ours = self.ledger.unsettled(peer.hex(), role="provided")
+        return self.ledger.void(
+            [i for i in ours if i not in held], peer=peer.hex(),
+            before=self.clock() - self.grace,
+        )
+
+    def conclude(self, proposal: SettlePropose, reply: SettleReply, peer_key: bytes, *,
+                 raise_refusal: bool = True) -> None:
+        """Book an accepted proposal, or raise :class:`SettlementRefused` (only forget a
+        refused one with ``raise_refusal=False``)."""
         statement = proposal.statement
         ids = self._proposed.pop(statement.id, None)
         if not reply.ok:
+            if not raise_refusal:
+                return
             raise SettlementRefused(f"the peer refused the settlement: {reply.why}")
         statement.verify(peer_key, reply.signature)
         peer = node_id_of(peer_key)

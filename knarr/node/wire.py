@@ -62,6 +62,8 @@ class MsgType(IntEnum):
     SETTLE_REPLY = 19
     MAIL = 20
     MAIL_ACK = 21
+    SETTLE_RECONCILE = 22
+    SETTLE_RECONCILED = 23
 
 
 # ----------------------------------------------------------------------------- bodies

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knarr.config import EconomyConfig
+from knarr.errors import MistypedMessage
 from knarr.node import cbor
 from knarr.node.economy import (
     MICRO,
@@ -39,7 +40,13 @@ from knarr.node.economy import (
 )
 from knarr.node.identity import Identity
 from knarr.node.ledger import CreditBooks, Ledger
-from knarr.node.settlement import SettlementDesk, SettlementRefused, SettlePropose
+from knarr.node.settlement import (
+    SettlementDesk,
+    SettlementRefused,
+    SettlePropose,
+    SettleReconcile,
+    SettleReconciled,
+)
 from knarr.node.store import Store
 from knarr.node.tasks import TaskRefusal
 
@@ -87,8 +94,9 @@ def signed_raw(body: dict[str, Any], signer: Identity = PROVIDER, *, version: in
 def books_problems(store: Store) -> list[str]:
     """Everything inconsistent in a node's books (empty when they are sound): every
     transaction sums to zero; a charged receipt has exactly its two ledger rows and an
-    uncharged one none; every settlement has its two rows; no ledger row without a
-    receipt or settlement; every stored receipt verifies and is keyed by its hash."""
+    uncharged one none; a voided one also the two rows that reverse them; every
+    settlement has its two rows; no ledger row without a receipt or settlement; every
+    stored receipt verifies and is keyed by its hash."""
     problems: list[str] = []
     unbalanced = Ledger(store, clock=lambda: 0.0).totals()["unbalanced_transactions"]
     if unbalanced:
@@ -110,7 +118,10 @@ def books_problems(store: Store) -> list[str]:
         want = {(f"peer:{peer}", sign * charged), (role, -sign * charged)} if charged else None
         if rows.pop(rid, None) != want or (want and counted.get(rid) != 2):
             problems.append(f"receipt {rid[:8]} lacks its ledger rows or has extra ones")
-        if settlement is not None and not store.execute(
+        if settlement == "void":
+            if rows.pop(f"void:{rid}", None) != {(a, -v) for a, v in want or ()} or not want:
+                problems.append(f"voided receipt {rid[:8]} lacks its reversing rows")
+        elif settlement is not None and not store.execute(
             "SELECT 1 FROM settlements WHERE id = ?", (settlement,)
         ):
             problems.append(f"receipt {rid[:8]} names a settlement that does not exist")
@@ -688,3 +699,56 @@ def test_demand_counts_each_name_with_first_and_last_seen(ledger: Ledger) -> Non
     assert [(r["kind"], r["name"], r["count"]) for r in rows[1:]] == [
         ("tag", "translate", 1), ("tag", "gpu", 1)]  # equal counts: most recent first
     assert ledger.demand(limit=1) == rows[:1]
+
+
+# ------------------------------------------------------------------------ voiding
+
+
+def test_void_reverses_a_provided_charge_older_than_the_cutoff(store: Store) -> None:
+    clock = Clock()
+    ledger = Ledger(store, clock)
+    old, young = make_receipt(task=b"\x0a" * 16), make_receipt(task=b"\x0b" * 16)
+    ledger.record(old, role="provided")
+    clock.now += 300
+    ledger.record(young, role="provided")
+    peer = REQUESTER.node_id_hex
+    assert ledger.balance(peer) == 2 * PRICE
+
+    voided = ledger.void([old.id, young.id], peer=peer, before=clock.now - 120)
+    assert voided == [old.id]  # the young one may still be on its way
+    assert ledger.balance(peer) == PRICE
+    assert ledger.unsettled(peer) == [young.id]
+    assert books_problems(store) == []
+    assert ledger.void([old.id], peer=peer, before=clock.now) == []  # once only
+    assert ledger.balance(peer) == PRICE
+
+
+def test_void_never_touches_what_we_consumed_or_another_peers_receipts(store: Store) -> None:
+    clock = Clock()
+    ledger = Ledger(store, clock)
+    consumed = make_receipt(task=b"\x0c" * 16)
+    ledger.record(consumed, role="consumed")
+    provided = make_receipt(requester=MALLORY, task=b"\x0d" * 16)
+    ledger.record(provided, role="provided")
+    clock.now += 1000
+    assert ledger.void([consumed.id], peer=PROVIDER.node_id_hex, before=clock.now) == []
+    assert ledger.void([provided.id], peer=REQUESTER.node_id_hex, before=clock.now) == []
+    assert ledger.unsettled(MALLORY.node_id_hex, role="provided") == [provided.id]
+    assert ledger.unsettled(MALLORY.node_id_hex, role="consumed") == []
+    assert books_problems(store) == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_reconcile_messages_round_trip(count: int) -> None:
+    ids = [hashlib.sha256(bytes([i])).hexdigest() for i in range(count)]
+    assert SettleReconcile.from_body(SettleReconcile(ids).to_body()).ids == ids
+    reply = SettleReconciled(b"\x00" * 16, ids[:1], ids)
+    assert SettleReconciled.from_body(reply.to_body()) == reply
+
+
+@pytest.mark.parametrize("ids", [b"\x00" * 31, b"\x00" * 33, "text", 7])
+def test_reconcile_ids_must_be_whole_32_byte_ids(ids: object) -> None:
+    with pytest.raises(MistypedMessage):
+        SettleReconcile.from_body({"ids": ids})
+    with pytest.raises(MistypedMessage):
+        SettleReconciled.from_body({"re": b"\x00" * 16, "void": b"", "ids": ids})

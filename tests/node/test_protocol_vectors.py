@@ -45,7 +45,12 @@ from knarr.node.records import (
     skill_key,
     tag_key,
 )
-from knarr.node.settlement import SettlePropose, SettleReply
+from knarr.node.settlement import (
+    SettlePropose,
+    SettleReconcile,
+    SettleReconciled,
+    SettleReply,
+)
 from knarr.node.sidecar import EMPTY_HASH, sign_headers, signed_message
 from knarr.node.tasks import (
     ERROR_CLASSES,
@@ -228,6 +233,10 @@ def envelopes() -> dict[str, tuple[Identity, bytes, Message]]:
         "settle_reply": (b, REPLY_NONCE, SettleReply(re=n, ok=True, signature=BOB.sign(stmt))),
         "settle_reply_refused": (b, REPLY_NONCE, SettleReply(
             re=n, ok=False, why=REFUSAL_WHY, amount=2 * PRICE, count=2
+        )),
+        "settle_reconcile": (a, n, SettleReconcile(ids=[receipt().id])),
+        "settle_reconciled": (b, REPLY_NONCE, SettleReconciled(
+            re=n, void=[], ids=[receipt().id]
         )),
         "mail": (a, n, MailMessage(id=MAIL_ID, box=mail_box())),
         "mail_ack": (b, REPLY_NONCE, MailAck(re=n, ok=True)),
