@@ -77,6 +77,10 @@ log = logging.getLogger("knarr.node")
 MIN_FRAME_INPUT = 2**20  # input bytes a task frame may carry, whatever the skills' limits
 
 # Refusals that say the caller's request was wrong, not that the provider is unreliable.
+PROVIDERS_FRESH_S = 30.0
+"""How long ``request`` reuses the providers a lookup found before looking again (a
+lookup per call cost a DHT round trip and, past ~200 calls a second, ran into the
+provider's per-address rate limit)."""
 CALLER_FAULTS = frozenset({"invalid_input", "input_too_large", "forbidden", "credit_limit"})
 
 Handler = Callable[..., Awaitable[Mapping[str, Any]] | Mapping[str, Any]]
@@ -182,6 +186,8 @@ class Node:
         self.dht.on_contact = self._contact_added
         self.dht.on_contact_lost = self._contact_lost
         self._discovered: OrderedDict[tuple[bytes, str], SkillRecord] = OrderedDict()
+        self._providers: OrderedDict[str, tuple[float, list[SkillRecord]]] = OrderedDict()
+        """skill -> (loop time of the lookup, the providers it found), for ``request``."""
         self._sheets: dict[str, dict[str, Any]] = {}
         self.cockpit: Cockpit | None = None
         self._cockpit_dir = Path(cockpit_dir) if cockpit_dir is not None else None
@@ -767,9 +773,45 @@ class Node:
         self._check_started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        providers, cached = await self._providers_of(skill)
+        try:
+            return await self._try_providers(skill, data, providers, deadline, prepare)
+        except (RequestTimeout, NetworkError, RemoteProtocolError):
+            if not cached or deadline <= loop.time():
+                raise
+        # The providers we remembered failed to answer: they may have moved or gone.
+        self._providers.pop(skill, None)
+        providers, _ = await self._providers_of(skill)
+        return await self._try_providers(skill, data, providers, deadline, prepare)
+
+    async def _providers_of(self, skill: str) -> tuple[list[SkillRecord], bool]:
+        """The providers of ``skill``, best first, and whether they came from the cache
+        of recent lookups rather than a new one."""
+        now = asyncio.get_running_loop().time()
+        entry = self._providers.get(skill)
+        if entry is not None and now - entry[0] < PROVIDERS_FRESH_S:
+            wall = self.dht.now_ms // 1000
+            live = [r for r in entry[1] if r.expires > wall]
+            if live:
+                ranked = rank(live, self.ledger.reputation(), key=lambda r: r.provider_id.hex())
+                return ranked, True
         providers = await self.find_skills(skill)
         if not providers:
+            self._providers.pop(skill, None)
             raise SkillNotFound(f"no provider serves {skill!r} on the network")
+        self._providers[skill] = (now, providers)
+        self._providers.move_to_end(skill)
+        while len(self._providers) > 1000:
+            self._providers.popitem(last=False)
+        return providers, False
+
+    async def _try_providers(
+        self, skill: str, data: Mapping[str, Any], providers: list[SkillRecord],
+        deadline: float,
+        prepare: Callable[[SkillRecord, dict[str, Any]], Awaitable[dict[str, Any]]] | None,
+    ) -> tuple[SkillRecord, dict[str, Any]]:
+        """Call the providers in turn until one answers; raises the last one's error."""
+        loop = asyncio.get_running_loop()
         last: KnarrError | None = None
         for record in providers:
             remaining = deadline - loop.time()

@@ -813,3 +813,47 @@ async def test_a_cancelled_connect_does_not_strand_other_callers(
             for caller in callers:
                 caller.cancel()
             await asyncio.gather(*callers, return_exceptions=True)
+
+
+# ----------------------------------------------------------------- provider cache
+
+
+class CountingLookups:
+    """Wraps a node's ``find_skills`` to count the DHT lookups ``request`` makes."""
+
+    def __init__(self, node: Node) -> None:
+        self.count = 0
+        self._real = node.find_skills
+        node.find_skills = self  # type: ignore[method-assign]
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.count += 1
+        return await self._real(*args, **kwargs)
+
+
+async def test_repeated_requests_reuse_the_providers_a_lookup_found(
+    make_node: NodeFactory,
+) -> None:
+    calls = Calls()
+    _, requester = await _network(make_node, calls)
+    lookups = CountingLookups(requester)
+    for i in range(20):
+        assert await requester.request("upper", {"text": f"x{i}"}) == {"text": f"X{i}"}
+    assert calls.count == 20
+    assert lookups.count == 1
+
+
+async def test_a_remembered_provider_that_stopped_answering_is_looked_up_again(
+    make_node: NodeFactory,
+) -> None:
+    first_calls, second_calls = Calls(), Calls()
+    first, requester = await _network(make_node, first_calls)
+    assert await requester.request("upper", {"text": "a"}) == {"text": "A"}  # remembers first
+    second = await _joined(make_node, first, requester)
+    second.register_handler("upper", second_calls)
+    await second.announce(sheet("upper"))
+    lookups = CountingLookups(requester)
+    await first.tasks.stop(grace=0)
+    assert await requester.request("upper", {"text": "b"}) == {"text": "B"}
+    assert (first_calls.count, second_calls.count) == (1, 1)
+    assert lookups.count == 1  # the remembered provider failed, so it looked again
