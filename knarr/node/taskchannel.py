@@ -265,6 +265,7 @@ class TaskServer:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+        self._outbox.flush()  # results of the last tasks leave before their connections close
         for writer in list(self._connections):
             writer.close()
         if self._server is not None:
