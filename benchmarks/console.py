@@ -142,19 +142,26 @@ class Driver:
     def seed_peers(self, count: int) -> None:
         """``count`` contacts, ``k`` per bucket from the farthest bucket inwards."""
         from knarr.node.contact import Contact
-        from knarr.node.routing import random_id_in_bucket
 
         dht = self.node.dht
         k = dht.settings.k
-        own = self.node.identity.node_id
         for i in range(count):
-            bucket = 255 - i // k
-            node_id = random_id_in_bucket(own, bucket, self.rng.randbytes(32))
+            node_id = self.fresh_id(255 - i // k)
             contact = Contact(node_id, f"127.{1 + i // 65536}.{i // 256 % 256}.{i % 256}",
                               20000 + i % 40000)
             dht._offer(contact)  # as when a contact answers us
             self.peers.append(contact)
         assert len(dht.table) == count, f"seeded {len(dht.table)} of {count} peers"
+
+    def fresh_id(self, bucket: int) -> bytes:
+        """A node id in ``bucket`` that is not in the table yet."""
+        from knarr.node.routing import random_id_in_bucket
+
+        own = self.node.identity.node_id
+        while True:
+            node_id = random_id_in_bucket(own, bucket, self.rng.randbytes(32))
+            if node_id not in self.node.dht.table:
+                return node_id
 
     def receipt(self, at: float) -> Any:
         from knarr.node.economy import sign_receipt, to_micro
@@ -183,7 +190,7 @@ class Driver:
         """Drop a peer as the DHT drops one that stops answering; next time, a newcomer
         answers in the same bucket."""
         from knarr.node.contact import Contact
-        from knarr.node.routing import bucket_index, random_id_in_bucket
+        from knarr.node.routing import bucket_index
 
         dht = self.node.dht
         own = self.node.identity.node_id
@@ -195,7 +202,7 @@ class Driver:
             dht._failed(gone, max_failures=1)
             self.vacant = bucket_index(own, gone.node_id)
         else:
-            node_id = random_id_in_bucket(own, self.vacant, self.rng.randbytes(32))
+            node_id = self.fresh_id(self.vacant)
             n = self.sent
             contact = Contact(node_id, f"127.200.{n // 256 % 256}.{n % 256}",
                               20000 + n % 40000)
@@ -352,17 +359,20 @@ def run_console(socket_path: str, report_fd: int, profile_path: str | None) -> N
     app = StampedConsole(feed, report)
     profile = cProfile.Profile() if profile_path else None
 
+    def finish() -> None:
+        # The profile first: the app may take a while to get through its queue.
+        if profile is not None and profile_path is not None:
+            profile.disable()
+            profile.dump_stats(profile_path)
+        app.exit()
+
     async def run() -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, app.exit)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, finish)
         if profile is not None:
             profile.enable()
         try:
             await app.run_async()
         finally:
-            if profile is not None:
-                profile.disable()
-                assert profile_path is not None
-                profile.dump_stats(profile_path)
             await feed.close()
 
     asyncio.run(run())

@@ -83,6 +83,8 @@ class Cockpit:
         self._sockets: set[web.WebSocketResponse] = set()
         self.started = time.time()
         self.boot_id = secrets.token_hex(8)
+        self._wall_offset: float | None = None
+        """Wall-clock time minus event-loop time, for peers' "last seen"."""
 
     # ------------------------------------------------------------------ server
 
@@ -190,15 +192,18 @@ class Cockpit:
 
     async def peers(self, request: web.Request) -> web.Response:
         dht = self.node.dht
-        now_loop = _loop_time()
-        wall = time.time()
+        if self._wall_offset is None:
+            # Fixed once: recomputed per request, its jitter would change every peer's
+            # "last seen" in every snapshot, and a console would redraw them all.
+            self._wall_offset = time.time() - _loop_time()
+        offset = self._wall_offset
         out = []
         for index, entries in dht.table.buckets().items():
             for e in entries:
                 c = e.contact
                 out.append({
                     "node_id": c.node_id.hex(), "host": c.host, "port": c.port,
-                    "bucket": index, "last_seen": wall - (now_loop - e.last_seen),
+                    "bucket": index, "last_seen": round(offset + e.last_seen, 3),
                     "rtt_ms": round(dht.rtt.srtt(c.addr) * 1000, 3),
                     "failures": e.failures,
                 })

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 
@@ -64,7 +65,11 @@ class EventLog:
         oldest = self._events[0].seq if self._events else self._seq + 1
         if seq + 1 < oldest:
             return None
-        return [e for e in self._events if e.seq > seq]
+        # Sequence numbers are consecutive: the newest ``last_seq - seq`` events, taken
+        # from the end, so a client keeping up costs what it receives, not the ring size.
+        newer = list(islice(reversed(self._events), self._seq - seq))
+        newer.reverse()
+        return newer
 
     async def follow(self, seq: int) -> AsyncIterator[Event | None]:
         """Events after ``seq`` as they happen. Yields ``None`` once if the client is too

@@ -62,6 +62,8 @@ async def test_a_peer_joining_and_a_call_appear_live(tmp_path: Path, hub: Node,
                                            for r in app.model.rows["ledger"].values()))
             receipt = next(k for k, r in app.model.rows["ledger"].items()
                            if r["role"] == "provided")
+            # A hidden panel's table catches up when it is shown.
+            await pilot.press("5")
             assert receipt in ledger.rows
             assert app.model.rows["ledger"][receipt]["peer"] == second.node_id
             # Toasts for the new peer (nothing restarted, nothing fired).
@@ -78,7 +80,7 @@ async def test_pause_holds_live_updates(tmp_path: Path, hub: Node) -> None:
             await until(pilot, lambda: app.link.state is LinkState.CONNECTED
                         and app.model.node_id == hub.node_id)
             watchman = app.main.panel("watchman").table
-            await pilot.press("p")
+            await pilot.press("7", "p")
             hub.record_journal("watchman", "restart", {"attempt": 1, "reason": "test"})
             await until(pilot, lambda: len(app._held) >= 1 and app._inflight == 0
                         and not app._stale)

@@ -63,7 +63,7 @@ class MainScreen(Screen[None]):
         yield PanelBar(id="panelbar")
         with ContentSwitcher(initial=f"panel-{self.current}", id="panels"):
             for panel in PANELS:
-                yield PanelView(panel, self.model, self.clock)
+                yield PanelView(panel, self.model, self.clock, live=panel.id == self.current)
         with Horizontal(id="filterbar", classes="-hidden"):
             yield Label("filter /", id="filter-label")
             yield Input(id="filter", placeholder="text in any column; Enter keeps it, Esc clears")
@@ -106,10 +106,13 @@ class MainScreen(Screen[None]):
     def action_show_panel(self, panel_id: str) -> None:
         if panel_id not in PANEL_IDS:
             return
+        if panel_id != self.current:
+            self.panel().hide()
         self.current = panel_id
         self.query_one(ContentSwitcher).current = f"panel-{panel_id}"
         self.query_one(PanelBar).show(panel_id)
         panel = self.panel()
+        panel.show()
         panel.refresh_ages()
         bar = self.query_one("#filterbar")
         if bar.has_class("-hidden"):

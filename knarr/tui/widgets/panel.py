@@ -106,10 +106,15 @@ class PanelTable(DataTable[Cell]):
 
 
 class PanelView(Vertical):
-    """A panel: its table, its title (count, sort, filter) and its empty state."""
+    """A panel: its table, its title (count, sort, filter) and its empty state.
+
+    Only the panel on screen (``live``) keeps its table current; a hidden one notes the
+    latest change of each row and applies them when it is shown (:meth:`catch_up`), so
+    thousands of rows changing behind another panel cost nothing until they are seen.
+    """
 
     def __init__(self, panel: Panel, model: ConsoleModel, clock: Callable[[], float],
-                 **kwargs: Any) -> None:
+                 *, live: bool = True, **kwargs: Any) -> None:
         super().__init__(id=f"panel-{panel.id}", classes="panel", **kwargs)
         self.panel = panel
         self.model = model
@@ -117,6 +122,8 @@ class PanelView(Vertical):
         self.filter = ""
         self.sort_column = panel.sort
         self.descending = panel.descending
+        self.live = live
+        self._behind: dict[str, RowChange] = {}
 
     def compose(self) -> ComposeResult:
         table = PanelTable(id=f"table-{self.panel.id}", cursor_type="row",
@@ -163,7 +170,33 @@ class PanelView(Vertical):
                 table.move_cursor(row=index, scroll=False)
 
     def apply(self, changes: Iterable[RowChange]) -> None:
-        """Change, add and remove rows by key; re-sort if needed; keep the cursor."""
+        """Change, add and remove rows by key; re-sort if needed; keep the cursor. While
+        the panel is hidden, only note the changes."""
+        if self.live:
+            self._apply(changes)
+            return
+        rows = self.table.rows
+        for change in changes:
+            if change.row is None and change.key not in rows:
+                self._behind.pop(change.key, None)  # never shown: nothing to remove
+            else:
+                self._behind[change.key] = change
+
+    def show(self) -> None:
+        """The panel is on screen: bring its table up to date and keep it so."""
+        self.live = True
+        self.catch_up()
+
+    def hide(self) -> None:
+        self.live = False
+
+    def catch_up(self) -> None:
+        """Apply the changes noted while the panel was hidden (the latest of each row)."""
+        if self._behind:
+            changes, self._behind = list(self._behind.values()), {}
+            self._apply(changes)
+
+    def _apply(self, changes: Iterable[RowChange]) -> None:
         table = self.table
         keep = self._anchor()
         resort = False
@@ -190,6 +223,7 @@ class PanelView(Vertical):
 
     def rebuild(self) -> None:
         """Show exactly the model's rows that pass the filter (after the filter changed)."""
+        self.catch_up()
         table = self.table
         keep = self._anchor()
         rows = self.model.rows[self.panel.id]
