@@ -111,7 +111,8 @@ class KnarrConsole(App[None]):
         """Everything the feed delivered is applied and nothing is being re-fetched
         (for tests and screenshots, with a feed that ends)."""
         return (self.feed_done and not self._stale and self._inflight == 0
-                and not self._stale_signal.is_set())
+                and not self._stale_signal.is_set()
+                and not self._main.panel().behind)
 
     # ------------------------------------------------------------------ workers
 

@@ -108,9 +108,10 @@ class PanelTable(DataTable[Cell]):
 class PanelView(Vertical):
     """A panel: its table, its title (count, sort, filter) and its empty state.
 
-    Only the panel on screen (``live``) keeps its table current; a hidden one notes the
-    latest change of each row and applies them when it is shown (:meth:`catch_up`), so
-    thousands of rows changing behind another panel cost nothing until they are seen.
+    Changes are noted per row (the latest wins) and applied together: on screen
+    (``live``), once the burst of messages being handled is done; hidden, when the panel
+    is shown (:meth:`catch_up`), so thousands of rows changing behind another panel cost
+    nothing until they are seen.
     """
 
     def __init__(self, panel: Panel, model: ConsoleModel, clock: Callable[[], float],
@@ -124,6 +125,7 @@ class PanelView(Vertical):
         self.descending = panel.descending
         self.live = live
         self._behind: dict[str, RowChange] = {}
+        self._catching_up = False
 
     def compose(self) -> ComposeResult:
         table = PanelTable(id=f"table-{self.panel.id}", cursor_type="row",
@@ -172,15 +174,21 @@ class PanelView(Vertical):
     def apply(self, changes: Iterable[RowChange]) -> None:
         """Change, add and remove rows by key; re-sort if needed; keep the cursor. While
         the panel is hidden, only note the changes."""
-        if self.live:
-            self._apply(changes)
-            return
         rows = self.table.rows
         for change in changes:
             if change.row is None and change.key not in rows:
                 self._behind.pop(change.key, None)  # never shown: nothing to remove
             else:
                 self._behind[change.key] = change
+        if self.live and self._behind and not self._catching_up:
+            # A burst of events (each its own message) is applied, and sorted, once.
+            self._catching_up = True
+            self.call_later(self.catch_up)
+
+    @property
+    def behind(self) -> bool:
+        """Changes are waiting to reach the table."""
+        return bool(self._behind)
 
     def show(self) -> None:
         """The panel is on screen: bring its table up to date and keep it so."""
@@ -191,7 +199,9 @@ class PanelView(Vertical):
         self.live = False
 
     def catch_up(self) -> None:
-        """Apply the changes noted while the panel was hidden (the latest of each row)."""
+        """Apply the changes noted since the table was last current (the latest of each
+        row)."""
+        self._catching_up = False
         if self._behind:
             changes, self._behind = list(self._behind.values()), {}
             self._apply(changes)
