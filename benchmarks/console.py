@@ -459,16 +459,17 @@ class ConsoleProcess:
                    "--report-fd", str(report_w)]
         if profile:
             command += ["--profile-to", profile]
-        self.stderr_path = folder / "console.stderr"
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                command, stdin=slave, stdout=slave, stderr=stderr, pass_fds=(report_w,),
-                env=env, start_new_session=True,
-            )
+        # Textual draws on stderr: all three are the terminal.
+        self.proc = subprocess.Popen(
+            command, stdin=slave, stdout=slave, stderr=slave, pass_fds=(report_w,),
+            env=env, start_new_session=True,
+        )
         os.close(slave)
         os.close(report_w)
         self.master = master
         self.terminal_bytes = 0
+        self.tail = b""
+        """The last of the terminal output (a traceback, if the console failed)."""
         self.reports: list[dict[str, Any]] = []
         self.synced = threading.Event()
         self._threads = [
@@ -487,6 +488,7 @@ class ConsoleProcess:
             if not chunk:
                 return
             self.terminal_bytes += len(chunk)
+            self.tail = (self.tail + chunk)[-4000:]
 
     def _read_reports(self, fd: int) -> None:
         with os.fdopen(fd) as reports:
@@ -500,7 +502,7 @@ class ConsoleProcess:
         deadline = time.monotonic() + timeout
         while not self.synced.wait(0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.stderr_path.read_text(errors="replace")[-2000:]
+                tail = self.tail.decode(errors="replace")[-2000:]
                 raise RuntimeError(f"the console did not sync (exit {self.proc.poll()}):\n"
                                    f"{tail}")
         return next(r for r in self.reports if r["kind"] == "synced")
