@@ -8,14 +8,19 @@ row is never thrown back to the top by a refresh.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
-from rich.text import Text
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text, TextType
 from textual import on
+from textual._two_way_dict import TwoWayDict
+from textual._types import SegmentLines
 from textual.app import ComposeResult
+from textual.cache import LRUCache
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
-from textual.widgets.data_table import CellDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, CellKey, ColumnKey, RowKey
 
 from knarr.tui.model import Column, ConsoleModel, Panel, Row, RowChange, matches
 
@@ -102,7 +107,115 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 class PanelTable(DataTable[Cell]):
-    """The table of one panel."""
+    """The table of one panel, with the batch operations a live panel needs.
+
+    ``DataTable`` renumbers every row for each ``remove_row`` and calls a Python key
+    function per row for each ``sort``: at thousands of rows and many changes a second
+    that is most of the console's time. Here a batch of rows goes in one pass
+    (:meth:`remove_rows`), and each row's sort key is kept from when its cell was set,
+    so a sort is one C-level ``sorted`` (:meth:`sort_by_column`). Both rebuild the
+    same private index ``DataTable.sort`` rebuilds; ``textual`` is pinned exactly and
+    ``tests/tui/test_panel_table.py`` checks them against ``remove_row`` and ``sort``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._key_column: ColumnKey | None = None
+        self._sort_keys: dict[RowKey, tuple[int, Any]] = {}
+        self._drawn_cells: LRUCache[tuple[Any, ...], list[list[tuple[Segment, bool]]]] = (
+            LRUCache(4096))  # before DataTable's init: its watchers clear caches
+        super().__init__(*args, **kwargs)
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> SegmentLines:
+        """A cell drawn as ``DataTable`` draws it, reused by content rather than by
+        position: ``DataTable`` keys its cache by row index and by its change counter,
+        so a row arriving on top redraws every visible cell (with Rich: most of a frame's
+        time). The row and column stamped in the styles, for the mouse, are redone."""
+        if (row_index < max(0, self.fixed_rows) or column_index < max(0, self.fixed_columns)
+                or (row_key := self._row_locations.get_key(row_index)) is None):
+            return super()._render_cell(row_index, column_index, base_style, width,
+                                        cursor, hover)
+        column_key = self._column_locations.get_key(column_index)
+        value = None if column_key is None else self._data[row_key].get(column_key)
+        if not isinstance(value, Cell) or self.rows[row_key].height != 1:
+            return super()._render_cell(row_index, column_index, base_style, width,
+                                        cursor, hover)
+        key = (value.plain, value.style, value.justify, tuple(value.spans), width,
+               base_style, cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
+        drawn = self._drawn_cells.get(key)
+        if drawn is None:
+            lines = super()._render_cell(row_index, column_index, base_style, width,
+                                         cursor, hover)
+            drawn = [[(Segment(seg.text, seg.style.clear_meta_and_links(), seg.control), True)
+                      if seg.style is not None and seg.style._meta else (seg, False)
+                      for seg in line] for line in lines]
+            self._drawn_cells.set(key, drawn)
+            return lines
+        where = Style.from_meta({"row": row_index, "column": column_index})
+        return [[Segment(seg.text, (seg.style or Style()) + where, seg.control) if stamped
+                 else seg for seg, stamped in line] for line in drawn]
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        self._drawn_cells.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._drawn_cells.clear()
+
+    def add_row(self, *cells: Cell, height: int | None = 1, key: str | None = None,
+                label: TextType | None = None) -> RowKey:
+        row_key = super().add_row(*cells, height=height, key=key, label=label)
+        if self._key_column is not None:
+            self._sort_keys[row_key] = _sort_key(self._data[row_key][self._key_column])
+        return row_key
+
+    def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Cell,
+                    *, update_width: bool = False) -> None:
+        super().update_cell(row_key, column_key, value, update_width=update_width)
+        if self._key_column is not None and column_key == self._key_column:
+            self._sort_keys[RowKey(row_key) if isinstance(row_key, str) else row_key] = (
+                _sort_key(value))
+
+    def clear(self, columns: bool = False) -> Self:
+        self._sort_keys.clear()
+        return super().clear(columns)
+
+    def remove_rows(self, keys: Iterable[str]) -> None:
+        """Remove these rows (those present) in one pass over the table."""
+        gone = {RowKey(k) for k in keys}
+        gone.intersection_update(self.rows)
+        if not gone:
+            return
+        for row_key in gone:
+            for column_key in self._data[row_key]:
+                self._updated_cells.discard(CellKey(row_key, column_key))
+            del self.rows[row_key]
+            del self._data[row_key]
+            self._sort_keys.pop(row_key, None)
+            self._new_rows.discard(row_key)
+        by_index = self._row_locations._reverse
+        order = [by_index[i] for i in range(len(by_index))]
+        self._row_locations = TwoWayDict(
+            {k: i for i, k in enumerate([k for k in order if k not in gone])})
+        self._require_update_dimensions = True
+        self.cursor_coordinate = self.cursor_coordinate
+        self.hover_coordinate = self.hover_coordinate
+        self._update_count += 1
+        self.refresh()  # the idle pass resizes the table, laying out only if that changed
+        self.check_idle()
+
+    def sort_by_column(self, column: str, *, reverse: bool) -> None:
+        """``sort(column, key=_sort_key, reverse=reverse)``, from the kept keys."""
+        column_key = ColumnKey(column)
+        if column_key != self._key_column:
+            self._key_column = column_key
+            self._sort_keys = {k: _sort_key(cells[column_key])
+                               for k, cells in self._data.items()}
+        order = sorted(self._data, key=self._sort_keys.__getitem__, reverse=reverse)
+        self._row_locations = TwoWayDict({k: i for i, k in enumerate(order)})
+        self._update_count += 1
+        self.refresh()
 
 
 class PanelView(Vertical):
@@ -126,6 +239,7 @@ class PanelView(Vertical):
         self.live = live
         self._behind: dict[str, RowChange] = {}
         self._catching_up = False
+        self._titles: tuple[str, str, str] | None = None
 
     def compose(self) -> ComposeResult:
         table = PanelTable(id=f"table-{self.panel.id}", cursor_type="row",
@@ -206,25 +320,29 @@ class PanelView(Vertical):
             changes, self._behind = list(self._behind.values()), {}
             self._apply(changes)
 
-    def _apply(self, changes: Iterable[RowChange]) -> None:
+    def _apply(self, changes: list[RowChange]) -> None:
         table = self.table
         keep = self._anchor()
         resort = False
+        shown: list[tuple[str, Row]] = []
+        gone: list[str] = []
         for change in changes:
-            present = change.key in table.rows
             if change.row is None or not matches(self.panel, change.row, self.filter):
-                if present:
-                    table.remove_row(change.key)
-                continue
-            cells = self._cells(change.row)
+                gone.append(change.key)
+            else:
+                shown.append((change.key, change.row))
+        table.remove_rows(gone)
+        for key, row in shown:
+            present = key in table.rows
+            cells = self._cells(row)
             if present:
-                old = table.get_row(change.key)
+                old = table.get_row(key)
                 for column, before, after in zip(self.panel.columns, old, cells, strict=True):
                     if not after.same_as(before):
-                        table.update_cell(change.key, column.key, after)
+                        table.update_cell(key, column.key, after)
                         resort = resort or column.key == self.sort_column
             else:
-                table.add_row(*cells, key=change.key)
+                table.add_row(*cells, key=key)
                 resort = True
         if resort:
             self._sort()
@@ -239,11 +357,7 @@ class PanelView(Vertical):
         rows = self.model.rows[self.panel.id]
         wanted = {k for k, r in rows.items() if matches(self.panel, r, self.filter)}
         shown = {str(k.value) for k in table.rows}
-        if len(shown - wanted) > 200:
-            table.clear()
-            shown = set()
-        for key in shown - wanted:
-            table.remove_row(key)
+        table.remove_rows(shown - wanted)
         for key in wanted - shown:
             table.add_row(*self._cells(rows[key]), key=key)
         self._sort()
@@ -270,7 +384,7 @@ class PanelView(Vertical):
     # ------------------------------------------------------------------ sort and filter
 
     def _sort(self) -> None:
-        self.table.sort(self.sort_column, key=_sort_key, reverse=self.descending)
+        self.table.sort_by_column(self.sort_column, reverse=self.descending)
 
     def _label(self, column: Column) -> Text:
         if column.key != self.sort_column:
@@ -320,16 +434,18 @@ class PanelView(Vertical):
         title = f"{self.panel.title} · {count}"
         if self.filter:
             title += f" · filter: {self.filter}"
-        self.border_title = title
         sort_label = next(c.label for c in self.panel.columns if c.key == self.sort_column)
-        self.border_subtitle = (
-            f"{self._summary()}sort: {sort_label} {'▾' if self.descending else '▴'}"
-        )
-        empty = self.query_one(".empty", Static)
+        subtitle = f"{self._summary()}sort: {sort_label} {'▾' if self.descending else '▴'}"
         if shown == 0 and self.filter:
-            empty.update(f"nothing matches “{self.filter}” (Esc clears the filter)")
+            empty = f"nothing matches “{self.filter}” (Esc clears the filter)"
         else:
-            empty.update(self.panel.empty)
+            empty = self.panel.empty
+        # Static.update lays the screen out again even for the same text.
+        if (title, subtitle, empty) != self._titles:
+            self._titles = (title, subtitle, empty)
+            self.border_title = title
+            self.border_subtitle = subtitle
+            self.query_one(".empty", Static).update(empty)
         self.set_class(shown == 0, "-empty")
 
     def _summary(self) -> str:

@@ -1,0 +1,87 @@
+"""The panel table's batch operations leave the table exactly as ``DataTable``'s own
+``remove_row`` and ``sort`` would (they rebuild its private row index)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable
+
+from knarr.tui.widgets.panel import Cell, PanelTable, _sort_key
+
+COLUMNS = ("name", "score")
+
+
+class TwoTables(App[None]):
+    def compose(self) -> ComposeResult:
+        yield PanelTable(id="batch")
+        yield PanelTable(id="plain")
+
+
+def fill(table: PanelTable, rows: list[tuple[str, str, float | None]]) -> None:
+    for column in COLUMNS:
+        table.add_column(column, key=column)
+    for key, name, score in rows:
+        table.add_row(Cell(name, name), Cell(str(score), score), key=key)
+
+
+def order(table: PanelTable) -> list[Any]:
+    return [(row.key.value, *table.get_row(row.key)) for row in table.ordered_rows]
+
+
+async def test_batch_removal_and_kept_sort_keys_match_datatable() -> None:
+    rng = random.Random(7)
+    rows = [(f"r{i}", rng.choice("abcde"), rng.choice([None, 1.0, 2.0, 2.5, 3.0]))
+            for i in range(300)]
+    app = TwoTables()
+    async with app.run_test() as pilot:
+        batch, plain = app.query_one("#batch", PanelTable), app.query_one("#plain", PanelTable)
+        fill(batch, rows)
+        fill(plain, rows)
+        for step in range(6):
+            column, reverse = COLUMNS[step % 2], step % 3 == 0
+            batch.sort_by_column(column, reverse=reverse)
+            plain.sort(column, key=_sort_key, reverse=reverse)
+            assert order(batch) == order(plain)  # ties keep the order rows were added in
+
+            gone = rng.sample([str(r.key.value) for r in plain.ordered_rows], 20)
+            batch.remove_rows([*gone, "never-there"])
+            for key in gone:
+                plain.remove_row(key)
+            assert order(batch) == order(plain)
+            assert [batch.get_row_index(r.key) for r in batch.ordered_rows] == list(
+                range(batch.row_count))
+
+            changed = rng.sample([str(r.key.value) for r in plain.ordered_rows], 10)
+            for key in changed:
+                score = rng.choice([None, 0.5, 4.0])
+                batch.update_cell(key, "score", Cell(str(score), score))
+                plain.update_cell(key, "score", Cell(str(score), score))
+            for i in range(5):
+                key, name = f"n{step}-{i}", rng.choice("abcde")
+                batch.add_row(Cell(name, name), Cell("1.0", 1.0), key=key)
+                plain.add_row(Cell(name, name), Cell("1.0", 1.0), key=key)
+        await pilot.pause()
+
+
+async def test_cells_drawn_from_the_content_cache_match_datatable() -> None:
+    app = TwoTables()
+    async with app.run_test() as pilot:
+        table = app.query_one("#batch", PanelTable)
+        table.zebra_stripes = True
+        fill(table, [(f"r{i}", "abc"[i % 3], [1.0, None, 2.5][i % 3]) for i in range(12)])
+        table.add_row(Cell("left", "x", style="red"), Cell("7", 7, justify="right",
+                                                           style="dim"), key="styled")
+        table.sort_by_column("score", reverse=True)  # rows move: same content, new places
+        table.move_cursor(row=3)
+        await pilot.pause()
+        for row_index in range(table.row_count):
+            style = table._get_row_style(row_index, table.rich_style)
+            for column_index in range(len(COLUMNS)):
+                for cursor in (False, True):
+                    args = (row_index, column_index, style, 9, cursor, False)
+                    first = table._render_cell(*args)  # drawn, then kept by content
+                    again = table._render_cell(*args)
+                    assert again == first == DataTable._render_cell(table, *args)
