@@ -8,6 +8,7 @@ changes update the panels' tables in place by key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ from knarr.errors import KnarrError
 from knarr.tui import messages as msg
 from knarr.tui.commands import ConsoleCommands
 from knarr.tui.feed import SNAPSHOTS, CockpitFeed, Feed, FeedEvent, Link, Synced
-from knarr.tui.model import ConsoleModel, RowChange, stale_after
+from knarr.tui.model import ROWS_FROM_EVENTS, ConsoleModel, RowChange, stale_after
 from knarr.tui.screens.call import CallScreen
 from knarr.tui.screens.detail import DetailScreen, PeerScreen, RecordScreen, SkillScreen
 from knarr.tui.screens.help import HelpScreen
@@ -64,10 +65,13 @@ class KnarrConsole(App[None]):
         blink: bool = True,
         toasts: bool = True,
         resync_interval: float = 0.25,
+        resync_rows_interval: float = 2.0,
     ) -> None:
         """``clock``: what ages and "updated Ns ago" are measured against (default: the
         feed's). ``tick``: seconds between header refreshes (``None``: never, for
-        snapshots). ``blink``: let input cursors blink."""
+        snapshots). ``blink``: let input cursors blink. ``resync_interval``: the least
+        time between re-fetches of what events made stale; ``resync_rows_interval``:
+        the same for :data:`~knarr.tui.model.ROWS_FROM_EVENTS`."""
         super().__init__()
         self.feed = feed
         self.clock = clock or feed.clock
@@ -77,6 +81,7 @@ class KnarrConsole(App[None]):
         self.tick, self.ages_every = tick, ages_every
         self.blink, self.toasts = blink, toasts
         self.resync_interval = resync_interval
+        self.resync_rows_interval = resync_rows_interval
         self.feed_done = False
         self.theme = THEMES.get(theme, theme)
         self._held: list[Message] = []
@@ -85,6 +90,7 @@ class KnarrConsole(App[None]):
         self._inflight = 0
         self._ticks = 0
         self._new_peers: list[str] = []
+        self._views_due = False
         self._main = MainScreen(self.model, self.clock)
         self._attached = False
 
@@ -111,7 +117,7 @@ class KnarrConsole(App[None]):
         """Everything the feed delivered is applied and nothing is being re-fetched
         (for tests and screenshots, with a feed that ends)."""
         return (self.feed_done and not self._stale and self._inflight == 0
-                and not self._stale_signal.is_set()
+                and not self._stale_signal.is_set() and not self._views_due
                 and not self._main.panel().behind)
 
     # ------------------------------------------------------------------ workers
@@ -132,14 +138,25 @@ class KnarrConsole(App[None]):
 
     @work(exclusive=True, group="resync")
     async def resync_stale(self) -> None:
-        """Re-fetch the snapshots that events made stale, coalescing bursts."""
+        """Re-fetch the snapshots that events made stale, coalescing bursts; those in
+        :data:`ROWS_FROM_EVENTS` at most every ``resync_rows_interval``."""
+        loop = asyncio.get_running_loop()
+        due: dict[str, float] = {}  # snapshot → when it may be fetched again
         while True:
-            await self._stale_signal.wait()
-            self._stale_signal.clear()
-            names, self._stale = self._stale, set()
-            wanted = [n for n in SNAPSHOTS if n in names]
+            now = loop.time()
+            later = [due[n] for n in self._stale if due.get(n, now) > now]
+            if len(later) == len(self._stale):  # nothing to fetch yet
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(later) - now if later else None):
+                        await self._stale_signal.wait()
+                self._stale_signal.clear()
+                continue
+            wanted = [n for n in SNAPSHOTS if n in self._stale and due.get(n, now) <= now]
+            self._stale.difference_update(wanted)
             self._inflight += len(wanted)
             for name in wanted:
+                if name in ROWS_FROM_EVENTS:
+                    due[name] = now + self.resync_rows_interval
                 try:
                     data, taken = await self.feed.fetch_dated(name)
                 except KnarrError:
@@ -236,6 +253,13 @@ class KnarrConsole(App[None]):
 
     def _show(self, changes: list[RowChange]) -> None:
         self._main.apply(changes)
+        if not self._views_due:
+            # Once per burst of messages, not once per event.
+            self._views_due = True
+            self.call_later(self._refresh_views)
+
+    def _refresh_views(self) -> None:
+        self._views_due = False
         self._main.refresh_summary()
         self.refresh_header()
         if isinstance(self.screen, DetailScreen):

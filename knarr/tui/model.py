@@ -8,6 +8,7 @@ no Textual, no I/O, no clock.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -117,7 +118,17 @@ _STALE: dict[str, tuple[str, ...]] = {
     "recipe": ("recipes",),
     "watchman": ("watchman",),
 }
+ROWS_FROM_EVENTS = frozenset({"peers", "ledger"})
+"""Snapshots whose rows the events already carry (a peer with its bucket, a receipt):
+re-fetched only now and then, for what events lack (RTTs, failures, the ledger's totals
+and balances), since at thousands of rows a re-fetch costs the node and the console far
+more than the event did."""
 _JOURNAL_FIELDS = frozenset({"id", "time", "event", "recipe", "action", "detail"})
+
+
+LEDGER_ROWS = 500
+"""The receipts the ledger panel holds: the newest, as many as ``GET /v1/ledger`` returns
+by default, so that a re-fetch and the events agree on which rows are shown."""
 
 
 def stale_after(event_type: str) -> tuple[str, ...]:
@@ -155,6 +166,9 @@ class ConsoleModel:
         self.history: dict[str, History] = {}
         self.updated_at: float | None = None
         self.seq = 0
+        self._receipt_ages: list[tuple[float, str]] = []
+        """A heap of (created, key) of the ledger rows, oldest first (may hold keys since
+        dropped or re-dated: checked when popped)."""
 
     @property
     def node_id(self) -> str:
@@ -187,6 +201,9 @@ class ConsoleModel:
             self.totals = dict(data.get("totals") or {})
             self.balances = {str(b["peer"]): dict(b) for b in data.get("balances") or []}
         fresh = dict(self._rows_of(name, data))
+        if name == "ledger":
+            self._receipt_ages = [(_created(r), k) for k, r in fresh.items()]
+            heapq.heapify(self._receipt_ages)
         return self._replace(name, fresh)
 
     def _replace(self, panel: str, fresh: dict[str, Row]) -> list[RowChange]:
@@ -279,7 +296,11 @@ class ConsoleModel:
             self._note(peer, at, f"{verb} {data.get('skill', '?')} "
                                  f"({data.get('outcome', '?')}, {row['amount']:+g} credits)")
             key = str(data["id"])
-            return self._set("ledger", key, {**self.rows["ledger"].get(key, {}), **row})
+            changes = self._set("ledger", key, {**self.rows["ledger"].get(key, {}), **row})
+            if changes:
+                heapq.heappush(self._receipt_ages, (_created(row), key))
+                changes += self._drop_oldest_receipts()
+            return changes
         if event_type == "settlement":
             peer = str(data.get("peer", ""))
             self._note(peer, at, f"settled {abs(float(data.get('amount', 0))):g} credits")
@@ -295,6 +316,17 @@ class ConsoleModel:
         if self.rows[panel].pop(key, None) is None:
             return []
         return [RowChange(panel, key, None)]
+
+    def _drop_oldest_receipts(self) -> list[RowChange]:
+        """Keep the newest :data:`LEDGER_ROWS` receipts."""
+        rows, ages = self.rows["ledger"], self._receipt_ages
+        changes = []
+        while len(rows) > LEDGER_ROWS and ages:
+            created, key = heapq.heappop(ages)
+            row = rows.get(key)
+            if row is not None and _created(row) == created:
+                changes += self._drop("ledger", key)
+        return changes
 
     def _note(self, peer: str, at: float, text: str) -> None:
         if peer:
@@ -369,6 +401,10 @@ def journal_row(j: Mapping[str, Any]) -> Row:
         "action": j.get("action", ""),
         "detail": str(detail),
     }
+
+
+def _created(receipt: Row) -> float:
+    return float(receipt.get("created") or 0.0)
 
 
 def matches(panel: Panel, row: Row, needle: str) -> bool:

@@ -62,7 +62,7 @@ def recorded_console(
     no toasts (they time out): everything a snapshot needs to be the same every time."""
     feed = feed or RecordedFeed(items if items is not None else demo_items())
     return KnarrConsole(feed, theme=theme, tick=None, blink=False, toasts=False,
-                        resync_interval=0)
+                        resync_interval=0, resync_rows_interval=0)
 
 
 async def settle(pilot: Pilot[Any], timeout: float = 10.0) -> None:

@@ -38,7 +38,8 @@ async def hub(tmp_path: Path, make_node: NodeFactory) -> AsyncIterator[Node]:
 def console_for(path: Path) -> tuple[KnarrConsole, CockpitFeed]:
     feed = CockpitFeed(socket_path=path / "cockpit.sock", heartbeat=0.2,
                        backoff_base=0.02, backoff_cap=0.2)
-    app = KnarrConsole(feed, tick=None, blink=False, resync_interval=0)
+    app = KnarrConsole(feed, tick=None, blink=False, resync_interval=0,
+                       resync_rows_interval=0)
     return app, feed
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from knarr.tui.model import PANEL_BY_ID, ConsoleModel, RowChange, matches, stale_after
+from knarr.tui.model import (
+    LEDGER_ROWS,
+    PANEL_BY_ID,
+    ConsoleModel,
+    RowChange,
+    matches,
+    stale_after,
+)
 
 OWN = "aa" * 32
 PEER = "bb" * 32
@@ -50,6 +57,21 @@ def test_receipts_become_signed_ledger_rows() -> None:
                                             "provider": PEER}, at=11.0)
     assert spent.row is not None and spent.row["amount"] == -1.5
     assert model.receipts_with(PEER)[0]["id"] == "r2"
+
+
+def test_the_ledger_keeps_the_newest_receipts_as_a_refetch_would() -> None:
+    model = ConsoleModel()
+    old = [{"id": f"old{i}", "role": "provided", "peer": PEER, "charged": 1.0,
+            "created": 1000.0 - i} for i in range(LEDGER_ROWS)]  # newest first, as served
+    model.sync_one("ledger", {"receipts": old})
+    receipt = {"id": "new", "charged": 1.0, "requester": PEER, "provider": OWN}
+    changes = model.apply("task.provided", receipt, at=2000.0)
+    oldest = f"old{LEDGER_ROWS - 1}"
+    assert changes == [RowChange("ledger", "new", model.rows["ledger"]["new"]),
+                       RowChange("ledger", oldest, None)]
+    assert len(model.rows["ledger"]) == LEDGER_ROWS
+    assert model.sync_one("ledger", {"receipts": [model.rows["ledger"]["new"], *old[:-1]]}
+                          ) == []  # the re-fetch agrees: nothing to change
 
 
 def test_demand_counts_up_and_snapshots_correct_it() -> None:

@@ -218,7 +218,8 @@ def _palette_ready(app: Any) -> bool:
 
 
 async def test_toasts_for_restarts_recipes_and_new_peers() -> None:
-    app = KnarrConsole(RecordedFeed.demo(), tick=None, blink=False, resync_interval=0)
+    app = KnarrConsole(RecordedFeed.demo(), tick=None, blink=False, resync_interval=0,
+                       resync_rows_interval=0)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         titles = lambda: {n.title for n in app._notifications}  # noqa: E731

@@ -36,6 +36,8 @@ _LINK_TEXT = {
 class ConsoleHeader(Static):
     """One line: node id, uptime, connection state, freshness, pause."""
 
+    _shown: Text | None = None
+
     def show(self, state: HeaderState) -> None:
         line = Text(no_wrap=True, overflow="ellipsis")
         line.append(" knarr ", style="bold reverse")
@@ -52,7 +54,9 @@ class ConsoleHeader(Static):
                 line.append(f" ({state.held} held)", style="yellow")
         if state.updated_ago is not None:
             line.append(f"  updated {age(state.updated_ago)} ago", style="dim")
-        self.update(line)
+        if line != self._shown:
+            self._shown = line
+            self.update(line, layout=False)  # one line, always
 
 
 class Banner(Static):
