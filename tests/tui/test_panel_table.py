@@ -47,9 +47,12 @@ async def test_batch_removal_and_kept_sort_keys_match_datatable() -> None:
             assert order(batch) == order(plain)  # ties keep the order rows were added in
 
             gone = rng.sample([str(r.key.value) for r in plain.ordered_rows], 20)
-            batch.remove_rows([*gone, "never-there"])
+            batch.remove_rows([*gone, "never-there"],
+                              then_sort=(column, reverse) if step % 2 else None)
             for key in gone:
                 plain.remove_row(key)
+            if step % 2:
+                plain.sort(column, key=_sort_key, reverse=reverse)
             assert order(batch) == order(plain)
             assert [batch.get_row_index(r.key) for r in batch.ordered_rows] == list(
                 range(batch.row_count))

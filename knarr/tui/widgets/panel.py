@@ -19,6 +19,7 @@ from textual._types import SegmentLines
 from textual.app import ComposeResult
 from textual.cache import LRUCache
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import CellDoesNotExist, CellKey, ColumnKey, RowKey
 
@@ -181,11 +182,15 @@ class PanelTable(DataTable[Cell]):
         self._sort_keys.clear()
         return super().clear(columns)
 
-    def remove_rows(self, keys: Iterable[str]) -> None:
-        """Remove these rows (those present) in one pass over the table."""
+    def remove_rows(self, keys: Iterable[str], *,
+                    then_sort: tuple[str, bool] | None = None) -> None:
+        """Remove these rows (those present) in one pass over the table; with
+        ``then_sort`` (column, reverse), sort in the same pass."""
         gone = {RowKey(k) for k in keys}
         gone.intersection_update(self.rows)
         if not gone:
+            if then_sort is not None:
+                self.sort_by_column(then_sort[0], reverse=then_sort[1])
             return
         for row_key in gone:
             for column_key in self._data[row_key]:
@@ -194,19 +199,46 @@ class PanelTable(DataTable[Cell]):
             del self._data[row_key]
             self._sort_keys.pop(row_key, None)
             self._new_rows.discard(row_key)
-        by_index = self._row_locations._reverse
-        order = [by_index[i] for i in range(len(by_index))]
-        self._row_locations = TwoWayDict(
-            {k: i for i, k in enumerate([k for k in order if k not in gone])})
+        if then_sort is not None:
+            self._order_by(*then_sort)
+        else:
+            by_index = self._row_locations._reverse
+            order = [by_index[i] for i in range(len(by_index))]
+            self._row_locations = TwoWayDict(
+                {k: i for i, k in enumerate([k for k in order if k not in gone])})
         self._require_update_dimensions = True
-        self.cursor_coordinate = self.cursor_coordinate
-        self.hover_coordinate = self.hover_coordinate
+        # Re-set only when off the end now: each set redraws the cell, which walks
+        # every row's offset.
+        if not self.is_valid_coordinate(self.cursor_coordinate):
+            self.cursor_coordinate = self.cursor_coordinate
+        if not self.is_valid_coordinate(self.hover_coordinate):
+            self.hover_coordinate = self.hover_coordinate
         self._update_count += 1
         self.refresh()  # the idle pass resizes the table, laying out only if that changed
         self.check_idle()
 
+    class Scrolled(Message):
+        """Other rows are on screen now."""
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if round(old_value) != round(new_value):
+            self.post_message(self.Scrolled())
+
+    def keys_on_screen(self) -> list[RowKey]:
+        """The rows the table shows now (all one line high)."""
+        first = round(self.scroll_y)
+        last = min(self.row_count, first + max(0, self.size.height))
+        by_index = self._row_locations.get_key
+        return [k for k in map(by_index, range(first, last)) if k is not None]
+
     def sort_by_column(self, column: str, *, reverse: bool) -> None:
         """``sort(column, key=_sort_key, reverse=reverse)``, from the kept keys."""
+        self._order_by(column, reverse)
+        self._update_count += 1
+        self.refresh()
+
+    def _order_by(self, column: str, reverse: bool) -> None:
         column_key = ColumnKey(column)
         if column_key != self._key_column:
             self._key_column = column_key
@@ -214,8 +246,6 @@ class PanelTable(DataTable[Cell]):
                                for k, cells in self._data.items()}
         order = sorted(self._data, key=self._sort_keys.__getitem__, reverse=reverse)
         self._row_locations = TwoWayDict({k: i for i, k in enumerate(order)})
-        self._update_count += 1
-        self.refresh()
 
 
 class PanelView(Vertical):
@@ -331,7 +361,6 @@ class PanelView(Vertical):
                 gone.append(change.key)
             else:
                 shown.append((change.key, change.row))
-        table.remove_rows(gone)
         for key, row in shown:
             present = key in table.rows
             cells = self._cells(row)
@@ -344,8 +373,9 @@ class PanelView(Vertical):
             else:
                 table.add_row(*cells, key=key)
                 resort = True
-        if resort:
-            self._sort()
+        # One pass over the table for the removals and the sort together.
+        table.remove_rows(gone, then_sort=(self.sort_column, self.descending) if resort
+                          else None)
         self._keep_cursor(keep)
         self.update_title()
 
@@ -365,14 +395,18 @@ class PanelView(Vertical):
         self.update_title()
 
     def refresh_ages(self) -> None:
-        """Re-render the "how long ago" cells against the clock."""
+        """Re-render the "how long ago" cells of the rows on screen against the clock.
+
+        Only those: at thousands of rows the rest cost the most and show nothing; a row
+        scrolled into view is refreshed then (:class:`PanelTable.Scrolled`). Rows are
+        sorted by the time behind an age, never by its text."""
         ages = [c for c in self.panel.columns if c.kind == "age"]
         if not ages:
             return
         now, own = self.clock(), self.model.node_id
         rows = self.model.rows[self.panel.id]
         table = self.table
-        for row_key in list(table.rows):
+        for row_key in table.keys_on_screen():
             row = rows.get(str(row_key.value))
             if row is None:
                 continue
@@ -416,6 +450,11 @@ class PanelView(Vertical):
     def set_filter(self, text: str) -> None:
         self.filter = text.strip()
         self.rebuild()
+
+    @on(PanelTable.Scrolled)
+    def _scrolled(self, event: PanelTable.Scrolled) -> None:
+        event.stop()
+        self.refresh_ages()
 
     @on(DataTable.HeaderSelected)
     def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
