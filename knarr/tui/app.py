@@ -90,6 +90,7 @@ class KnarrConsole(App[None]):
         self._inflight = 0
         self._ticks = 0
         self._new_peers: list[str] = []
+        self._next_peers_toast = 0.0
         self._views_due = False
         self._main = MainScreen(self.model, self.clock)
         self._attached = False
@@ -297,7 +298,10 @@ class KnarrConsole(App[None]):
             self._new_peers.append(f"{short_id(str(data.get('node_id', '')))} "
                                    f"({data.get('host')}:{data.get('port')})")
             if len(self._new_peers) == 1:
-                self.set_timer(0.5, self._peers_toast)
+                # One "new peers" toast on screen at a time: a busy network joins
+                # dozens a second, and every toast lays the screen out.
+                wait = self._next_peers_toast - asyncio.get_running_loop().time()
+                self.set_timer(max(0.5, wait), self._peers_toast)
         elif event.type == "watchman":
             detail = ", ".join(f"{k}={v}" for k, v in sorted(data.items()) if k != "event")
             self.notify(f"{data.get('event', 'event')}: {detail}"[:200], title="Watchman",
@@ -308,6 +312,7 @@ class KnarrConsole(App[None]):
             self.notify(f"{recipe} → {action}", title="Recipe fired")
 
     def _peers_toast(self) -> None:
+        self._next_peers_toast = asyncio.get_running_loop().time() + self.NOTIFICATION_TIMEOUT
         peers, self._new_peers = self._new_peers, []
         if len(peers) == 1:
             self.notify(f"New peer {peers[0]}", title="Peers")
