@@ -16,7 +16,8 @@ Three processes, on loopback and Unix sockets only:
 * the console: ``KnarrConsole`` on a ``CockpitFeed`` attached to that socket, exactly as
   ``knarr console --socket PATH`` builds it (default tick, re-fetch interval, toasts),
   running in a pseudo-terminal of ``--size`` whose output this script reads and discards,
-  with the ledger panel on screen (newest receipt on top). A subclass here only records
+  with the ``--panel`` on screen: the ledger (newest receipt on top; the default) or
+  the peers (5,000 rows sorted by bucket). A subclass here only records
   time stamps: when each event left the feed, when the console handled it, and when the
   next frame was written to the terminal after that.
 * this script, which tells the node when to stream, and measures both with psutil.
@@ -27,12 +28,12 @@ Measured, in this order:
    streaming: update latency and the CPU of both; 4. stream stopped and settled: both
    idle, console attached.
 
-* update latency of a receipt: from the event's time stamp in the node (``Event.time``,
-  taken when the node emits it) to the first frame the console wrote to its terminal
-  after its row was in the ledger table ("event in to row shown"); also, for receipts and
-  for peer changes (their panel is not on screen), to when the console app handled the
-  event (its table changes follow with the rest of the burst). p50 / p95 / max, nearest
-  rank.
+* update latency of the shown panel's events (receipts, or peer changes): from the
+  event's time stamp in the node (``Event.time``, taken when the node emits it) to the
+  first frame the console wrote to its terminal after the shown table took its row in
+  ("event in to row shown"; events handled later do not hold it back); also, for
+  receipts and for peer changes, to when the console app handled the event (its table
+  changes follow with the rest of the burst). p50 / p95 / max, nearest rank.
 * console CPU while streaming and idle (process CPU time / wall time; 100 % = one core).
 * the node's CPU cost of serving the cockpit: node CPU with the console attached minus
   without it, at the same event rate (and the same, idle).
@@ -41,7 +42,8 @@ Targets (issue 7): receipt p95 under 100 ms; console idle under 2 % CPU. The mac
 load average is printed, since other work moves these numbers.
 
     .venv/bin/python benchmarks/console.py [--peers 5000] [--ledger 5000] [--rate 200]
-        [--seconds 20] [--idle-seconds 20] [--size 120x40] [--json] [--profile DIR]
+        [--seconds 20] [--idle-seconds 20] [--size 120x40] [--panel ledger|peers]
+        [--json] [--profile DIR]
 
 ``--profile DIR`` runs cProfile in the console and, during phase 3, in the node, and
 writes ``DIR/console.prof`` and ``DIR/node.prof`` (the numbers of a profiled run are
@@ -88,7 +90,8 @@ from knarr.tui.feed import CockpitFeed, FeedEvent, FeedItem
 from knarr.tui.model import RowChange
 
 HOST = "127.0.0.1"
-SHOWN_PANEL = "ledger"
+SHOWN_EVENTS = {"ledger": ("task.provided",), "peers": ("peer.added", "peer.removed")}
+"""The events whose rows each panel that can be on screen shows."""
 CHILD_TIMEOUT_S = 120.0
 SKILLS = ("echo", "summarize", "translate", "ocr", "embed", "classify", "transcode", "search")
 
@@ -312,11 +315,15 @@ class StampedConsole(KnarrConsole):
 
     CSS_PATH = str(Path(inspect.getfile(KnarrConsole)).with_name("knarr.tcss"))
 
-    def __init__(self, feed: StampedFeed, report: IO[str]) -> None:
+    def __init__(self, feed: StampedFeed, report: IO[str], panel: str) -> None:
         super().__init__(feed)
         self.stamped = feed
         self.report = report
+        self.shown = panel
         self.applied: list[list[Any]] = []
+        """Handled, their rows not yet in the shown table."""
+        self.in_table: list[list[Any]] = []
+        """Their rows in the shown table, not yet drawn."""
         self.frames = 0
         self.synced = False
 
@@ -329,22 +336,32 @@ class StampedConsole(KnarrConsole):
             self.applied.append([seq, kind, stamp, came, now])
         if not self.synced and self.model.rows["peers"]:
             self.synced = True
-            self.show_panel(SHOWN_PANEL)
+            self.show_panel(self.shown)
+            panel = self.main.panel(self.shown)
+            catch_up = panel.catch_up
+
+            def caught_up() -> None:
+                # What was handled before the shown table caught up is in it now.
+                handled, self.applied = self.applied, []
+                catch_up()
+                self.in_table += handled
+
+            panel.catch_up = caught_up  # type: ignore[method-assign]
             self._send({"kind": "synced", "t": now,
                         "rows": {p: len(r) for p, r in self.model.rows.items()},
-                        "table_rows": self.main.panel(SHOWN_PANEL).table.row_count})
+                        "table_rows": panel.table.row_count})
 
     def _display(self, screen: Screen[Any], renderable: RenderableType | None) -> None:
         super()._display(screen, renderable)
         if renderable is None:
             return
         self.frames += 1
-        # Drawn: the first frame once the shown table holds what was handled.
-        if self.applied and not self.main.panel(SHOWN_PANEL).behind:
+        # Drawn: the first frame after the shown table took the event's row in.
+        if self.in_table:
             now = time.time()
             self._send({"kind": "frame", "t": now,
-                        "events": [[*a, now] for a in self.applied]})
-            self.applied = []
+                        "events": [[*a, now] for a in self.in_table]})
+            self.in_table = []
 
     def _on_tick(self) -> None:
         super()._on_tick()
@@ -356,10 +373,11 @@ class StampedConsole(KnarrConsole):
         self.report.flush()
 
 
-def run_console(socket_path: str, report_fd: int, profile_path: str | None) -> None:
+def run_console(socket_path: str, report_fd: int, profile_path: str | None,
+                panel: str) -> None:
     report = os.fdopen(report_fd, "w")
     feed = StampedFeed(socket_path)
-    app = StampedConsole(feed, report)
+    app = StampedConsole(feed, report, panel)
     profile = cProfile.Profile() if profile_path else None
 
     def finish() -> None:
@@ -447,7 +465,7 @@ class ConsoleProcess:
     read and counted; its reports arrive on a pipe."""
 
     def __init__(self, socket_path: str, folder: Path, columns: int, rows: int,
-                 profile: str | None) -> None:
+                 profile: str | None, panel: str) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         report_r, report_w = os.pipe()
@@ -456,7 +474,7 @@ class ConsoleProcess:
         env.update(TERM="xterm-256color", COLORTERM="truecolor", COLUMNS=str(columns),
                    LINES=str(rows))
         command = [sys.executable, __file__, "--child", "console", "--socket", socket_path,
-                   "--report-fd", str(report_w)]
+                   "--report-fd", str(report_w), "--panel", panel]
         if profile:
             command += ["--profile-to", profile]
         # Textual draws on stderr: all three are the terminal.
@@ -568,7 +586,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
         progress("3/4 attaching the console")
         console = ConsoleProcess(node.hello["socket"], folder, columns, rows,
-                                 str(profile_dir / "console.prof") if profile_dir else None)
+                                 str(profile_dir / "console.prof") if profile_dir else None,
+                                 args.panel)
         synced = console.wait_synced(CHILD_TIMEOUT_S)
         result["console_synced"] = synced
         time.sleep(args.warmup)
@@ -607,6 +626,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     receipts = [s for s in samples if s[1] == "task.provided"]
     peers = [s for s in samples if s[1].startswith("peer.")]
+    shown = [s for s in samples if s[1] in SHOWN_EVENTS[args.panel]]
     expected = result["stream_attached_sent"]["sent"]
     result.update({
         "args": {k: v for k, v in vars(args).items() if k not in ("child",)},
@@ -615,7 +635,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "revision": revision(),
-        "latency_receipt_drawn": latency_summary(receipts, drawn=True),
+        "panel": args.panel,
+        "latency_drawn": latency_summary(shown, drawn=True),
         "latency_receipt_applied": latency_summary(receipts, drawn=False),
         "latency_peer_applied": latency_summary(peers, drawn=False),
         "latency_receipt_arrived": latency_summary(
@@ -650,10 +671,12 @@ def revision() -> str:
 
 def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     cpu = r["cpu"]
-    drawn, applied = r["latency_receipt_drawn"], r["latency_receipt_applied"]
+    drawn, applied = r["latency_drawn"], r["latency_receipt_applied"]
     peer = r["latency_peer_applied"]
+    what = "receipt" if r["panel"] == "ledger" else "peer change"
     return [
-        ("receipt: node event → row drawn, p50 / p95 / max (ms)",
+        (f"{what} ({r['panel']} panel on screen): node event → row drawn, p50 / p95 / max "
+         "(ms)",
          f"{drawn['p50_ms']:.1f} / {drawn['p95_ms']:.1f} / {drawn['max_ms']:.1f}",
          "p95 < 100"),
         ("receipt: node event → handled by the console app, p50 / p95 (ms)",
@@ -682,6 +705,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds before each measurement (2)")
     parser.add_argument("--size", default="120x40", help="the console's terminal (120x40)")
+    parser.add_argument("--panel", choices=sorted(SHOWN_EVENTS), default="ledger",
+                        help="the panel on screen, whose rows' latency is measured (ledger)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--profile", metavar="DIR",
@@ -711,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.child == "node":
             asyncio.run(run_node(Path(args.folder), args.peers, args.ledger, args.seed))
         else:
-            run_console(args.socket, args.report_fd, args.profile_to)
+            run_console(args.socket, args.report_fd, args.profile_to, args.panel)
         return 0
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
