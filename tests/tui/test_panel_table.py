@@ -8,6 +8,7 @@ from typing import Any
 
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
 
 from knarr.tui.widgets.panel import Cell, PanelTable, _sort_key
 
@@ -88,3 +89,32 @@ async def test_cells_drawn_from_the_content_cache_match_datatable() -> None:
                     first = table._render_cell(*args)  # drawn, then kept by content
                     again = table._render_cell(*args)
                     assert again == first == DataTable._render_cell(table, *args)
+
+
+async def test_keys_on_screen_follow_the_scroll() -> None:
+    app = TwoTables()
+    async with app.run_test(size=(40, 24)) as pilot:
+        table = app.query_one("#batch", PanelTable)
+        fill(table, [(f"r{i}", "a", float(i)) for i in range(100)])
+        await pilot.pause()
+        shown = table.keys_on_screen()
+        assert shown[0].value == "r0" and 0 < len(shown) <= table.size.height
+        table.scroll_to(y=50, animate=False)
+        await pilot.pause()
+        assert table.keys_on_screen()[0].value == "r50"
+
+
+async def test_redrawn_cells_read_back_and_sort_like_updated_ones() -> None:
+    app = TwoTables()
+    async with app.run_test() as pilot:
+        batch, plain = app.query_one("#batch", PanelTable), app.query_one("#plain", PanelTable)
+        rows = [(f"r{i}", "a", float(i)) for i in range(10)]
+        fill(batch, rows)
+        fill(plain, rows)
+        batch.sort_by_column("score", reverse=False)
+        batch.redraw_cells([(RowKey("r3"), "score", Cell("99", 99.0))])
+        plain.update_cell("r3", "score", Cell("99", 99.0))
+        batch.sort_by_column("score", reverse=False)
+        plain.sort("score", key=_sort_key)
+        assert order(batch) == order(plain)
+        await pilot.pause()

@@ -19,6 +19,7 @@ from textual._types import SegmentLines
 from textual.app import ComposeResult
 from textual.cache import LRUCache
 from textual.containers import Vertical
+from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import CellDoesNotExist, CellKey, ColumnKey, RowKey
@@ -217,6 +218,25 @@ class PanelTable(DataTable[Cell]):
         self.refresh()  # the idle pass resizes the table, laying out only if that changed
         self.check_idle()
 
+    def redraw_cells(self, cells: Iterable[tuple[RowKey, str, Cell]]) -> None:
+        """Set these cells and redraw only their places (``update_cell`` redraws the
+        whole table: every visible line, written to the terminal again)."""
+        places = []
+        for row_key, column, value in cells:
+            column_key = ColumnKey(column)
+            self._data[row_key][column_key] = value
+            if column_key == self._key_column:
+                self._sort_keys[row_key] = _sort_key(value)
+            places.append((row_key, column_key))
+        if not places:
+            return
+        self._update_count += 1  # the drawing caches are keyed by it
+        for row_key, column_key in places:
+            row_index = self._row_locations.get(row_key)
+            if row_index is not None:
+                self.refresh_coordinate(
+                    Coordinate(row_index, self.get_column_index(column_key)))
+
     class Scrolled(Message):
         """Other rows are on screen now."""
 
@@ -406,6 +426,7 @@ class PanelView(Vertical):
         now, own = self.clock(), self.model.node_id
         rows = self.model.rows[self.panel.id]
         table = self.table
+        changed = []
         for row_key in table.keys_on_screen():
             row = rows.get(str(row_key.value))
             if row is None:
@@ -413,7 +434,8 @@ class PanelView(Vertical):
             for column in ages:
                 after = cell(column, row.get(column.key), now=now, own=own)
                 if not after.same_as(table.get_cell(row_key, column.key)):
-                    table.update_cell(row_key, column.key, after)
+                    changed.append((row_key, column.key, after))
+        table.redraw_cells(changed)
 
     # ------------------------------------------------------------------ sort and filter
 
