@@ -57,6 +57,7 @@ async def test_batch_removal_and_kept_sort_keys_match_datatable() -> None:
             assert order(batch) == order(plain)
             assert [batch.get_row_index(r.key) for r in batch.ordered_rows] == list(
                 range(batch.row_count))
+            assert batch._y_offsets == plain._y_offsets
 
             changed = rng.sample([str(r.key.value) for r in plain.ordered_rows], 10)
             for key in changed:

@@ -23,6 +23,7 @@ from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import CellDoesNotExist, CellKey, ColumnKey, RowKey
+from textual.widgets.data_table import Row as TableRow
 
 from knarr.tui.model import Column, ConsoleModel, Panel, Row, RowChange, matches
 
@@ -125,6 +126,7 @@ class PanelTable(DataTable[Cell]):
         self._sort_keys: dict[RowKey, tuple[int, Any]] = {}
         self._drawn_cells: LRUCache[tuple[Any, ...], list[list[tuple[Segment, bool]]]] = (
             LRUCache(4096))  # before DataTable's init: its watchers clear caches
+        self._one_line_rows = True
         super().__init__(*args, **kwargs)
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
@@ -165,8 +167,32 @@ class PanelTable(DataTable[Cell]):
         super().notify_style_update()
         self._drawn_cells.clear()
 
+    @property
+    def ordered_rows(self) -> list[TableRow]:
+        """``DataTable.ordered_rows``, rebuilt after every change, in one comprehension."""
+        cache_key = (self.row_count, self._update_count)
+        ordered = self._ordered_row_cache.get(cache_key)
+        if ordered is None:
+            rows, by_index = self.rows, self._row_locations._reverse
+            ordered = [rows[by_index[i]] for i in range(len(rows))]
+            self._ordered_row_cache[cache_key] = ordered
+        return ordered
+
+    @property
+    def _y_offsets(self) -> list[tuple[RowKey, int]]:
+        """``DataTable._y_offsets`` (each line's row and line in it): here every row is
+        one line."""
+        if not self._one_line_rows:
+            return super()._y_offsets
+        offsets = self._offset_cache.get(self._update_count)
+        if offsets is None:
+            offsets = [(row.key, 0) for row in self.ordered_rows]
+            self._offset_cache[self._update_count] = offsets
+        return offsets
+
     def add_row(self, *cells: Cell, height: int | None = 1, key: str | None = None,
                 label: TextType | None = None) -> RowKey:
+        self._one_line_rows = self._one_line_rows and height == 1
         row_key = super().add_row(*cells, height=height, key=key, label=label)
         if self._key_column is not None:
             self._sort_keys[row_key] = _sort_key(self._data[row_key][self._key_column])
@@ -181,6 +207,7 @@ class PanelTable(DataTable[Cell]):
 
     def clear(self, columns: bool = False) -> Self:
         self._sort_keys.clear()
+        self._one_line_rows = True
         return super().clear(columns)
 
     def remove_rows(self, keys: Iterable[str], *,
