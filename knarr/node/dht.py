@@ -33,7 +33,13 @@ from knarr.node.identity import Identity
 from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.ratelimit import RateLimiter
 from knarr.node.records import RecordStore, SkillRecord, parse_record
-from knarr.node.routing import AddResult, RoutingTable, bucket_index, random_id_in_bucket
+from knarr.node.routing import (
+    TABLE_SUBNET_SHARE,
+    AddResult,
+    RoutingTable,
+    bucket_index,
+    random_id_in_bucket,
+)
 from knarr.node.transport import Addr, DatagramEndpoint, DatagramNetwork, UdpNetwork
 from knarr.node.wire import (
     Envelope,
@@ -111,6 +117,7 @@ class DhtSettings:
     value_quorum: int = 3
     window_s: float = 60.0
     subnet_limit: int = 2
+    table_subnet_share: float = TABLE_SUBNET_SHARE
     rate_limit: float = 200.0
     rate_burst: float = 400.0
     refresh_interval: float = 900.0
@@ -181,7 +188,10 @@ class Dht:
         self.network: DatagramNetwork = network or UdpNetwork()
         self.clock = clock
         self.entropy = entropy
-        self.table = RoutingTable(identity.node_id, k=s.k, subnet_limit=s.subnet_limit)
+        self.table = RoutingTable(
+            identity.node_id, k=s.k, subnet_limit=s.subnet_limit,
+            table_subnet_share=s.table_subnet_share,
+        )
         self.records = RecordStore()
         self.replay = wire.ReplayGuard(int(s.window_s * 1000))
         self.limiter = RateLimiter(s.rate_limit, s.rate_burst)

@@ -4,8 +4,12 @@ Only contacts that answered us are added (the caller's job), so unverified conta
 never push out verified ones. A full bucket keeps its long-lived contacts: the caller is
 told to ping the oldest and only evicts it if that ping fails; meanwhile the newcomer
 waits in the bucket's replacement cache. Each bucket admits at most ``subnet_limit``
-contacts from one /24 (IPv4) or /48 (IPv6), which makes filling a bucket from one
-network expensive. Times are passed in.
+contacts from one /24 (IPv4) or /48 (IPv6), and the whole table admits a contact only if
+its subnet then holds at most ``table_subnet_share`` of the table (or ``subnet_limit``
+contacts, whichever is more): the per-bucket limit alone lets one network take two slots
+in every bucket, a sixth of a typical table. A share rather than a count, because tables
+grow with the network (a fixed count is too loose for small tables and needlessly tight
+for large ones). Loopback is exempt from both limits. Times are passed in.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class Entry:
 _EMPTY: OrderedDict[bytes, Entry] = OrderedDict()
 
 
+TABLE_SUBNET_SHARE = 0.1
+"""The largest share of a routing table that one /24 or /48 may take by default."""
+
+
 class AddResult(Enum):
     ADDED = "added"
     UPDATED = "updated"
@@ -56,10 +64,15 @@ class AddResult(Enum):
 class RoutingTable:
     """k-buckets of verified contacts around ``own_id``."""
 
-    def __init__(self, own_id: bytes, *, k: int = 20, subnet_limit: int = 2) -> None:
+    def __init__(
+        self, own_id: bytes, *, k: int = 20, subnet_limit: int = 2,
+        table_subnet_share: float = TABLE_SUBNET_SHARE,
+    ) -> None:
         self.own_id = own_id
         self.k = k
         self.subnet_limit = subnet_limit
+        self.table_subnet_share = table_subnet_share
+        self._per_subnet: dict[str, int] = {}  # contacts in the buckets, per subnet
         self._buckets: dict[int, OrderedDict[bytes, Entry]] = {}
         self._replacements: dict[int, OrderedDict[bytes, Entry]] = {}
         self._touched: dict[int, float] = {}
@@ -85,6 +98,44 @@ class RoutingTable:
             return False
         return sum(1 for e in entries if e.subnet == subnet) >= self.subnet_limit
 
+    @property
+    def table_subnet_limit(self) -> int:
+        """How many contacts one subnet may hold once one more contact is in the table."""
+        return max(self.subnet_limit, int(self.table_subnet_share * (self._size + 1)))
+
+    def _admits(self, bucket: Iterable[Entry], host: str) -> bool:
+        """May a contact at ``host`` take a slot in ``bucket``: neither the bucket's nor
+        the table's limit for its subnet would be passed."""
+        subnet = subnet_of(host)
+        if subnet is None:
+            return True
+        if self._per_subnet.get(subnet, 0) >= self.table_subnet_limit:
+            return False
+        return sum(1 for e in bucket if e.subnet == subnet) < self.subnet_limit
+
+    def _put(self, bucket: OrderedDict[bytes, Entry], entry: Entry) -> None:
+        bucket[entry.contact.node_id] = entry
+        self._size += 1
+        if entry.subnet is not None:
+            self._per_subnet[entry.subnet] = self._per_subnet.get(entry.subnet, 0) + 1
+
+    def _drop(self, bucket: OrderedDict[bytes, Entry], node_id: bytes) -> Entry | None:
+        entry = bucket.pop(node_id, None)
+        if entry is not None:
+            self._size -= 1
+            if entry.subnet is not None:
+                left = self._per_subnet[entry.subnet] - 1
+                if left:
+                    self._per_subnet[entry.subnet] = left
+                else:
+                    del self._per_subnet[entry.subnet]
+        return entry
+
+    def subnet_count(self, host: str) -> int:
+        """Contacts the table holds from ``host``'s subnet (0 for loopback)."""
+        subnet = subnet_of(host)
+        return 0 if subnet is None else self._per_subnet.get(subnet, 0)
+
     def add(self, contact: Contact, now: float) -> tuple[AddResult, Contact | None]:
         """Offer a contact that just answered us. Returns the outcome and, for
         ``PENDING``, the oldest contact of the full bucket, which the caller should ping."""
@@ -102,11 +153,10 @@ class RoutingTable:
             entry.failures = 0
             bucket.move_to_end(contact.node_id)
             return AddResult.UPDATED, None
-        if self._subnet_full(bucket.values(), contact.host):
+        if not self._admits(bucket.values(), contact.host):
             return AddResult.REJECTED, None
         if len(bucket) < self.k:
-            bucket[contact.node_id] = Entry(contact, now)
-            self._size += 1
+            self._put(bucket, Entry(contact, now))
             spare = self._replacements.get(index)
             if spare is not None:
                 spare.pop(contact.node_id, None)
@@ -128,8 +178,8 @@ class RoutingTable:
             return False
         bucket = self._buckets.get(bucket_index(self.own_id, contact.node_id))
         if not bucket:
-            return True
-        if contact.node_id in bucket or self._subnet_full(bucket.values(), contact.host):
+            return self._admits((), contact.host)
+        if contact.node_id in bucket or not self._admits(bucket.values(), contact.host):
             return False
         return len(bucket) < self.k or now - next(iter(bucket.values())).last_seen >= fresh
 
@@ -170,20 +220,18 @@ class RoutingTable:
         spare = self._replacements.get(index)
         if entry.failures < max_failures and not spare:
             return False
-        del bucket[node_id]
-        self._size -= 1
+        self._drop(bucket, node_id)
         while spare:
             _, candidate = spare.popitem(last=True)
-            if not self._subnet_full(bucket.values(), candidate.contact.host):
-                bucket[candidate.contact.node_id] = candidate
-                self._size += 1
+            if self._admits(bucket.values(), candidate.contact.host):
+                self._put(bucket, candidate)
                 break
         return True
 
     def remove(self, node_id: bytes) -> None:
         bucket = self._buckets.get(bucket_index(self.own_id, node_id))
-        if bucket and bucket.pop(node_id, None) is not None:
-            self._size -= 1
+        if bucket:
+            self._drop(bucket, node_id)
 
     def touch(self, index: int, now: float) -> None:
         """Note that a lookup went through bucket ``index`` (it need not be refreshed)."""

@@ -87,6 +87,10 @@ def check_invariants(table: RoutingTable, target: bytes, n: int) -> None:
         subnets = Counter(subnet_of(e.contact.host) for e in bucket)
         subnets.pop(None, None)  # loopback is exempt
         assert all(count <= table.subnet_limit for count in subnets.values())
+    whole = Counter(subnet_of(e.contact.host) for e in entries)
+    whole.pop(None, None)
+    for host in HOSTS:
+        assert table.subnet_count(host) == whole.get(subnet_of(host), 0)
     brute = sorted((e.contact for e in entries), key=lambda c: distance(c.node_id, target))
     assert table.closest(target, n) == brute[:n]
     assert table.closest(target) == brute[: table.k]
@@ -100,14 +104,15 @@ def check_invariants(table: RoutingTable, target: bytes, n: int) -> None:
     pool=pool_strategy,
     ops=ops_strategy,
     k=st.integers(1, 4),
+    share=st.sampled_from([0.1, 0.25, 0.5]),
     target=st.binary(min_size=32, max_size=32),
     n=st.integers(1, 12),
 )
 def test_table_invariants_hold_under_random_operations(
-    pool: list[bytes], ops: list[Op], k: int, target: bytes, n: int
+    pool: list[bytes], ops: list[Op], k: int, share: float, target: bytes, n: int
 ) -> None:
     pool = [OWN, *pool[1:]]  # the own id is offered too, and must never get in
-    table = RoutingTable(OWN, k=k, subnet_limit=2)
+    table = RoutingTable(OWN, k=k, subnet_limit=2, table_subnet_share=share)
     for now, op in enumerate(ops):
         node_id = pool[op.who]
         before = table.get(node_id)
@@ -119,6 +124,10 @@ def test_table_invariants_hold_under_random_operations(
             event(f"add {result.name}")
             if result is AddResult.ADDED:
                 assert before is None and len(table) == size + 1
+                if subnet_of(contact.host) is not None:
+                    # Admitted only within the subnet's share of the table (or the floor).
+                    held = table.subnet_count(contact.host)
+                    assert held <= max(2, share * len(table))
             elif result is AddResult.UPDATED:
                 assert before_addr == contact.addr and len(table) == size
                 assert list(table.buckets()[bucket_index(OWN, node_id)])[-1].contact == contact
@@ -282,7 +291,7 @@ def test_remove_drops_a_contact() -> None:
 
 
 def test_a_subnet_may_hold_only_a_few_slots_per_bucket() -> None:
-    table = RoutingTable(OWN, k=20, subnet_limit=2)
+    table = RoutingTable(OWN, k=20, subnet_limit=2, table_subnet_share=1.0)
     hosts = [f"198.51.100.{i + 1}" for i in range(5)]
     results = [table.add(peer(id_in_bucket(255, i), h), 0.0)[0] for i, h in enumerate(hosts)]
     assert results == [AddResult.ADDED] * 2 + [AddResult.REJECTED] * 3
@@ -291,8 +300,63 @@ def test_a_subnet_may_hold_only_a_few_slots_per_bucket() -> None:
     assert table.add(peer(id_in_bucket(254, 9), "198.51.100.9"), 0.0)[0] is AddResult.ADDED
 
 
-def test_ipv6_subnets_are_slash_48() -> None:
+def test_a_subnet_may_hold_only_a_tenth_of_the_whole_table() -> None:
+    table = RoutingTable(OWN, k=20, subnet_limit=2)
+    assert table.table_subnet_share == 0.1
+    for i in range(38):  # honest contacts, each from its own /24, in buckets 255-254
+        table.add(peer(id_in_bucket(255 - i // 20, i), f"10.{i}.0.1"), 0.0)
+    # Sybils from one /24, one per bucket so that the per-bucket limit never bites.
+    sybils = [peer(id_in_bucket(200 - i), f"203.0.113.{i + 1}") for i in range(12)]
+    results = [table.add(c, 0.0)[0] for c in sybils]
+    assert results == [AddResult.ADDED] * 4 + [AddResult.REJECTED] * 8
+    assert table.subnet_count("203.0.113.200") == 4 and len(table) == 42  # 9.5 %
+    assert not table.wants(peer(id_in_bucket(100), "203.0.113.77"), 0.0, 900.0)
+    # Other subnets, and loopback, are untouched by it.
+    assert table.add(peer(id_in_bucket(150), "203.0.114.1"), 0.0)[0] is AddResult.ADDED
+    assert table.add(peer(id_in_bucket(149), "127.0.0.1"), 0.0)[0] is AddResult.ADDED
+    # As the table grows, so does what the subnet may hold (still a tenth of it).
+    for i in range(10):
+        table.add(peer(id_in_bucket(253, i), f"10.{100 + i}.0.1"), 0.0)
+    assert len(table) == 54
+    assert table.add(sybils[4], 0.0)[0] is AddResult.ADDED
+    assert table.add(sybils[5], 0.0)[0] is AddResult.REJECTED
+    assert table.subnet_count("203.0.113.1") == 5
+
+
+def test_a_small_table_still_admits_the_per_bucket_limit_from_a_subnet() -> None:
+    table = RoutingTable(OWN, k=20, subnet_limit=2)
+    assert table.table_subnet_limit == 2
+    sybils = [peer(id_in_bucket(255 - i), f"203.0.113.{i + 1}") for i in range(3)]
+    results = [table.add(c, 0.0)[0] for c in sybils]
+    assert results == [AddResult.ADDED, AddResult.ADDED, AddResult.REJECTED]
+    # A slot the subnet loses can be taken by another contact from it.
+    table.remove(sybils[0].node_id)
+    assert table.add(sybils[2], 0.0)[0] is AddResult.ADDED
+
+
+def test_a_replacement_is_not_promoted_past_the_table_limit() -> None:
+    table = RoutingTable(OWN, k=2, subnet_limit=1)
+    # Bucket 255 is full of two /24s; a third /24 waits as a replacement there.
+    table.add(peer(id_in_bucket(255, 0), "198.51.100.1"), 0.0)
+    table.add(peer(id_in_bucket(255, 1), "198.51.101.1"), 0.0)
+    waiting = peer(id_in_bucket(255, 2), "203.0.113.1")
+    assert table.add(waiting, 1.0)[0] is AddResult.PENDING
+    # Meanwhile that /24 reaches its table-wide limit (1 in so small a table) elsewhere.
+    assert table.add(peer(id_in_bucket(254), "203.0.113.2"), 2.0)[0] is AddResult.ADDED
+    assert table.failed(id_in_bucket(255, 0))
+    assert waiting.node_id not in table and table.subnet_count("203.0.113.1") == 1
+
+
+def test_ipv6_subnets_are_slash_48_in_the_whole_table_too() -> None:
     table = RoutingTable(OWN, k=20, subnet_limit=1)
+    hosts = ["2001:db8:1::1", "2001:db8:1:2::1", "2001:db8:1:ffff::9"]
+    results = [table.add(peer(id_in_bucket(250 - i), h), 0.0)[0] for i, h in enumerate(hosts)]
+    assert results == [AddResult.ADDED, AddResult.REJECTED, AddResult.REJECTED]
+    assert table.add(peer(id_in_bucket(240), "2001:db8:2::1"), 0.0)[0] is AddResult.ADDED
+
+
+def test_ipv6_subnets_are_slash_48() -> None:
+    table = RoutingTable(OWN, k=20, subnet_limit=1, table_subnet_share=1.0)
     same48 = ["2001:db8:1::1", "2001:db8:1:ffff::1"]
     assert ipaddress.ip_address(same48[1]) in ipaddress.ip_network("2001:db8:1::/48")
     assert table.add(peer(id_in_bucket(255, 1), same48[0]), 0.0)[0] is AddResult.ADDED
