@@ -32,7 +32,14 @@ from knarr.node.contact import ID_BITS, ID_SIZE, Contact, distance, is_loopback,
 from knarr.node.identity import Identity
 from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.ratelimit import RateLimiter
-from knarr.node.records import RecordStore, SkillRecord, parse_record
+from knarr.node.records import (
+    RecordStore,
+    SkillRecord,
+    Unconfirmed,
+    parse_record,
+    skill_key,
+    vouched,
+)
 from knarr.node.routing import (
     TABLE_SUBNET_SHARE,
     AddResult,
@@ -202,6 +209,7 @@ class Dht:
         self._late: OrderedDict[bytes, _Pending] = OrderedDict()
         self._proven: OrderedDict[Addr, bytes] = OrderedDict()  # address -> who answered
         self._probing: set[bytes] = set()
+        self._confirming: set[tuple[bytes, bytes, str]] = set()  # (key, *slot) being asked
         self._tasks: dict[asyncio.Task[object], None] = {}  # ordered: close() is repeatable
         self._closed = False
         self._published: dict[str, _Publication] = {}
@@ -381,8 +389,13 @@ class Dht:
             reply = self._find_value(env.nonce, message, addr, sender)
         elif isinstance(message, Store):
             try:
-                self.records.put(message.key, message.record, now_s=int(self.clock()))
+                self.records.put(
+                    message.key, message.record, now_s=int(self.clock()), sender=env.sender_id
+                )
                 reply = Stored(env.nonce, True)
+            except Unconfirmed as exc:
+                reply = Stored(env.nonce, False, str(exc)[:200])
+                self._confirm(message.key, exc.record)
             except InvalidRecord as exc:
                 reply = Stored(env.nonce, False, str(exc)[:200])
         else:  # pragma: no cover - every request type is handled above
@@ -532,6 +545,56 @@ class Dht:
             await self.call(contact.addr, Store(key, raw), expect=contact.node_id)
         except (NetworkError, RemoteProtocolError):
             pass
+
+    def _confirm(self, key: bytes, offer: SkillRecord) -> None:
+        """Ask ``offer``'s provider for its current version of it and keep what the
+        provider vouches for (see :class:`~knarr.node.records.Unconfirmed`). The query
+        (a FIND_VALUE) is smaller than the STORE that caused it, so a record naming a
+        victim's address amplifies nothing."""
+        ident = (key, *offer.slot)
+        if ident in self._confirming or len(self._confirming) >= 256 or self._closed:
+            return
+        entry = self.table.get(offer.provider_id)
+        addr = entry.contact.addr if entry is not None else (offer.host, offer.port)
+        try:
+            pack_ip(addr[0])
+        except ValueError:
+            return  # a provider named by a hostname is left to its own republishing
+        self._confirming.add(ident)
+        self._spawn(self._confirm_task(key, offer, addr, ident))
+
+    async def _confirm_task(
+        self, key: bytes, offer: SkillRecord, addr: Addr, ident: tuple[bytes, bytes, str]
+    ) -> None:
+        answer: list[SkillRecord] = []
+        try:
+            offset = 0
+            for _ in range(4):  # pages of the provider's records under the skill key
+                query = FindValue(
+                    skill_key(offer.name), offset, ro=self.settings.read_only, pad=VALUE_PAD
+                )
+                env = await self.call(addr, query, expect=offer.provider_id)
+                reply = env.message
+                if not isinstance(reply, Value):
+                    break
+                now_s = int(self.clock())
+                for raw in reply.records:
+                    try:
+                        answer.append(parse_record(raw, now_s=now_s))
+                    except InvalidRecord:
+                        continue
+                if not reply.more or not reply.records or any(
+                    r.slot == offer.slot for r in answer
+                ):
+                    break
+                offset += len(reply.records)
+            keep = vouched(offer, answer)
+            if keep is not None:
+                self.records.put(key, keep.raw, now_s=int(self.clock()))
+        except (NetworkError, RemoteProtocolError):
+            pass
+        finally:
+            self._confirming.discard(ident)
 
     def _probe(
         self, contact: Contact, *, evict_on_failure: bool = False, then: Contact | None = None

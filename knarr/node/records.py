@@ -7,7 +7,13 @@ passed through::
 
 It is stored at the k closest nodes to ``H("skill:" + name)`` and to ``H("tag:" + tag)``
 for each tag, where H is SHA-256. A storing node keeps one record per (provider, skill)
-and replaces it only with a higher sequence number. Pure code: callers pass the time.
+and replaces it only with a higher sequence number.
+
+An older version of a record stays validly signed until it expires, and a node that never
+saw the newer one cannot tell it is old. So a record for a slot the node does not hold
+yet is taken without question only from its provider; offered by anyone else (a
+hand-over, or a replay), it waits until the provider is asked (:class:`Unconfirmed`,
+:func:`vouched`). Pure code: callers pass the time.
 """
 
 from __future__ import annotations
@@ -227,6 +233,28 @@ def parse_record(raw: bytes, *, now_s: int) -> SkillRecord:
     )
 
 
+class Unconfirmed(InvalidRecord):
+    """A third party offered a record for a (provider, skill) slot this store does not
+    hold: only its provider can say whether it is still the newest version. ``record``
+    is the parsed, otherwise valid offer."""
+
+    def __init__(self, record: SkillRecord) -> None:
+        super().__init__("record not stored yet: the provider is asked to confirm it")
+        self.record = record
+
+
+def vouched(offer: SkillRecord, answer: Iterable[SkillRecord]) -> SkillRecord | None:
+    """What to keep after asking the provider about ``offer``: the provider's own
+    version of that slot (``answer``, records it returned) or ``offer`` if that is newer
+    still; ``None`` if the provider holds no version of it (the skill is gone, or the
+    offer was never its record)."""
+    own = [r for r in answer if r.slot == offer.slot]
+    if not own:
+        return None
+    newest = max(own, key=lambda r: r.seq)
+    return offer if offer.seq > newest.seq else newest
+
+
 class RecordStore:
     """Records this node stores for others, keyed by DHT key, bounded in size."""
 
@@ -242,8 +270,19 @@ class RecordStore:
     def __len__(self) -> int:
         return self._total
 
-    def put(self, key: bytes, raw: bytes, *, now_s: int) -> SkillRecord:
-        """Validate and keep ``raw`` under ``key``; :class:`InvalidRecord` says why not."""
+    def holds(self, key: bytes, slot: tuple[bytes, str]) -> bool:
+        slots = self._by_key.get(key)
+        return slots is not None and slot in slots
+
+    def put(
+        self, key: bytes, raw: bytes, *, now_s: int, sender: bytes | None = None
+    ) -> SkillRecord:
+        """Validate and keep ``raw`` under ``key``; :class:`InvalidRecord` says why not.
+
+        ``sender`` is the node id that offered it (``None``: we fetched it ourselves or it
+        is our own). A record from anyone but its provider, for a slot not held here, is
+        refused with :class:`Unconfirmed` (ask the provider, then :meth:`put` what
+        :func:`vouched` returns)."""
         try:
             record = parse_record(raw, now_s=now_s)
         except MalformedMessage as exc:  # pragma: no cover - parse_record wraps these
@@ -254,6 +293,8 @@ class RecordStore:
             raise InvalidRecord("record expiry is too far in the future")
         slots = self._by_key.get(key)
         old = slots.get(record.slot) if slots else None
+        if old is None and sender is not None and sender != record.provider_id:
+            raise Unconfirmed(record)
         if old is not None:
             if record.seq < old.seq or (record.seq == old.seq and record.raw != old.raw):
                 raise InvalidRecord(f"stale record: sequence {record.seq} <= stored {old.seq}")

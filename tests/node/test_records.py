@@ -16,10 +16,12 @@ from knarr.node.records import (
     MAX_TTL,
     RecordStore,
     SkillRecord,
+    Unconfirmed,
     parse_record,
     sign_record,
     skill_key,
     tag_key,
+    vouched,
 )
 
 NOW = 1_700_000_000
@@ -387,3 +389,47 @@ def test_expire_sweeps_every_key() -> None:
     assert len(store) == 3
     store.expire(NOW + 10)
     assert len(store) == 0 and list(store.keys()) == []
+
+
+# --------------------------------------------------------------------------- replays
+
+CAROL = Identity.from_seed(b"\x0c" * 32)
+
+
+def test_a_third_party_cannot_introduce_a_record_unconfirmed() -> None:
+    store = RecordStore()
+    older = make(seq=1)
+    with pytest.raises(Unconfirmed) as caught:
+        store.put(KEY, older.raw, now_s=NOW, sender=CAROL.node_id)
+    assert caught.value.record.raw == older.raw and not store.holds(KEY, older.slot)
+    # From its provider, or fetched by ourselves (no sender), it is taken at once.
+    store.put(KEY, older.raw, now_s=NOW, sender=ALICE.node_id)
+    assert store.holds(KEY, older.slot)
+
+
+def test_a_third_party_may_bring_a_newer_version_of_a_held_record() -> None:
+    store = RecordStore()
+    store.put(KEY, make(seq=1).raw, now_s=NOW)
+    newer = make(seq=2, description="newer")
+    store.put(KEY, newer.raw, now_s=NOW, sender=CAROL.node_id)
+    assert [r.raw for r in store.get(KEY, now_s=NOW)] == [newer.raw]
+    with pytest.raises(InvalidRecord, match="stale"):
+        store.put(KEY, make(seq=1).raw, now_s=NOW, sender=CAROL.node_id)
+
+
+def test_invalid_records_are_refused_before_any_confirmation() -> None:
+    store = RecordStore()
+    with pytest.raises(InvalidRecord) as caught:
+        store.put(KEY, make(expires=NOW).raw, now_s=NOW, sender=CAROL.node_id)
+    assert not isinstance(caught.value, Unconfirmed)
+
+
+def test_the_provider_vouches_for_its_newest_version() -> None:
+    older, newer = make(seq=1), make(seq=3, description="newer")
+    other = make(BOB, seq=7)
+    assert vouched(older, [other, newer]) is newer  # a replay is replaced by the current
+    assert vouched(newer, [older]) is newer  # the offer is newer than the answer
+    assert vouched(older, [older]) is older
+    assert vouched(older, [other]) is None  # the provider holds no such record
+    assert vouched(older, []) is None
+    assert vouched(make(seq=1, name="other"), [newer]) is None
