@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    "replayed records by STORE and in VALUE replies")
     p.add_argument("--reflect", action="store_true",
                    help="spoof a victim's address in requests; measure amplification")
+    p.add_argument("--no-crowd-detection", dest="crowd_detection", action="store_false",
+                   help="lookups without the eclipse defence (to measure what it buys)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
@@ -91,6 +93,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         eclipse_bits=args.eclipse_bits,
         poison=args.poison,
         reflect=args.reflect,
+        crowd_detection=args.crowd_detection,
         progress=not args.quiet,
     )
 

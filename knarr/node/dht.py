@@ -134,6 +134,7 @@ class DhtSettings:
     record_ttl: int = 3600
     republish_interval: float = 1800.0
     read_only: bool = False
+    crowd_detection: bool = True  # off only to measure what it buys (an eclipse "before")
     rtt: RttEstimator = field(default_factory=RttEstimator)
 
 
@@ -639,7 +640,10 @@ class Dht:
     def _spacing(self) -> int:
         """The typical distance between neighbouring node ids (2**256 / network size),
         estimated from our k closest contacts; 0 while we know fewer than k nodes.
-        Lookups use it to spot ids crowded next to a target (an eclipse)."""
+        Lookups use it to spot ids crowded next to a target (an eclipse); with
+        ``crowd_detection`` off it is always 0, which turns the check off."""
+        if not self.settings.crowd_detection:
+            return 0
         now = asyncio.get_running_loop().time()
         if now - self._spacing_at < 60.0 and self._spacing_value:
             return self._spacing_value

@@ -9,6 +9,7 @@ from typing import Any
 
 from knarr.errors import KnarrError
 from knarr.node import wire
+from knarr.node.dht import DhtSettings
 from knarr.sim.loop import VirtualTimeLoop
 from knarr.sim.network import SimNetwork
 from knarr.sim.scenario import EPOCH, Attack, Scenario, SimConfig
@@ -38,6 +39,7 @@ def simulate(config: SimConfig, attacks: list[Attack] | None = None) -> dict[str
         network,
         clock=lambda: EPOCH + loop.time(),
         hosts=HostPlan(random.Random(rng.getrandbits(64))),
+        settings=lambda: DhtSettings(crowd_detection=config.crowd_detection),
         attacks=attacks if attacks is not None else attacks_for(config),
     )
     started = time.perf_counter()

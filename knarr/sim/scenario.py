@@ -60,6 +60,7 @@ class SimConfig:
     eclipse_bits: int = 0  # 0: enough to beat every honest node (log2(nodes) + 4)
     poison: bool = False
     reflect: bool = False
+    crowd_detection: bool = True  # False: lookups without the eclipse defence (a "before")
     progress: bool = False
 
     @property
