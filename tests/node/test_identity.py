@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from knarr.errors import BadSignature, StorageError
-from knarr.node.identity import Identity, node_id_of, verify
+from knarr.node import identity as identity_module
+from knarr.node.identity import Identity, node_id_of, remember_signatures, verify
 from knarr.node.store import Store
 
 _TEST_1024_MESSAGE = (
@@ -173,3 +174,33 @@ def test_a_stored_key_of_the_wrong_sqlite_type_is_a_storage_error(tmp_path: Path
             Identity.load_or_create(store)
     finally:
         store.close()
+
+
+def test_remembered_signatures_skip_only_the_exact_bytes_signed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice, bob = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
+    remember_signatures(2)
+    try:
+        signature = alice.sign(b"hello")
+        calls: list[bytes] = []
+        real = identity_module.nacl.signing.VerifyKey
+
+        def counting(key: bytes) -> object:
+            calls.append(key)
+            return real(key)
+
+        monkeypatch.setattr(identity_module.nacl.signing, "VerifyKey", counting)
+        verify(alice.public_key, b"hello", signature)
+        assert calls == []  # made here: no Ed25519 verification needed
+        for key, message in ((alice.public_key, b"hellO"), (bob.public_key, b"hello")):
+            with pytest.raises(BadSignature):
+                verify(key, message, signature)
+        assert len(calls) == 2
+        alice.sign(b"two")
+        alice.sign(b"three")  # the oldest is forgotten, and verified the usual way again
+        verify(alice.public_key, b"hello", signature)
+        assert len(calls) == 3
+    finally:
+        remember_signatures(0)
+    assert identity_module._made is None
