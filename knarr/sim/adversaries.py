@@ -126,8 +126,9 @@ class SybilFlood:
 
     async def measure(self, scenario: Scenario) -> dict[str, Any]:
         shares: list[float] = []
-        per_bucket = 0
+        per_bucket = in_table = 0
         full_share = 0.0
+        sizes: list[int] = []
         for peer in scenario.swarm.live():
             total = sybil = 0
             k = peer.dht.settings.k
@@ -139,6 +140,8 @@ class SybilFlood:
                 sybil += here
                 total += len(entries)
             shares.append(sybil / total if total else 0.0)
+            in_table = max(in_table, sybil)
+            sizes.append(total)
         return {
             "sybil_ids": self.count,
             "sybil_share_max": round(max(shares, default=0.0), 4),
@@ -146,6 +149,9 @@ class SybilFlood:
             "sybil_share_p99": round(percentile(shares, 99), 4),
             "sybil_max_per_bucket": per_bucket,
             "sybil_full_bucket_share_max": round(full_share, 4),
+            "sybil_max_in_table": in_table,
+            "honest_table_size_p1": percentile(sizes, 1),
+            "honest_table_size_p50": percentile(sizes, 50),
         }
 
 
@@ -268,6 +274,8 @@ class Poisoning:
         self.name = ""
         self.probes: asyncio.Task[list[bool]] | None = None
         self.results: list[list[SkillRecord]] = []
+        self.already_held = 0
+        self.held_before = 0
 
     async def setup(self, scenario: Scenario) -> None:
         rng = random.Random(scenario.rng.getrandbits(64))
@@ -290,18 +298,28 @@ class Poisoning:
         await asyncio.gather(*(swarm.join(p, scenario._bootstrap_addrs()) for p in peers))
         for p in peers:
             swarm.start_maintenance(p)
-        honest = {p.node_id for p in swarm.live()}
+        honest = {p.node_id: p for p in swarm.live()}
         holders = [c for c in (await peers[0].dht.lookup(key)).closest if c.node_id in honest]
+        # Nodes whose copy of the newer version was lost still hold the old one, the very
+        # bytes replayed: a STORE of them changes nothing there, and is counted apart.
+        stale = {
+            node_id for node_id, peer in honest.items()
+            if any(r.raw == old.raw for r in peer.dht.records.get(key, now_s=0))
+        }
+        self.held_before = len(stale)
         for kind, raw in bad.items():
             replies = await asyncio.gather(
                 *(peers[0].dht.call(c.addr, Store(key, raw), expect=c.node_id) for c in holders),
                 return_exceptions=True,
             )
-            self.stores[kind] = len(replies)
-            self.accepted[kind] = sum(
-                1 for r in replies
+            ok = [
+                c.node_id for c, r in zip(holders, replies, strict=True)
                 if isinstance(r, Envelope) and isinstance(r.message, Stored) and r.message.ok
-            )
+            ]
+            self.stores[kind] = len(replies)
+            self.accepted[kind] = sum(1 for n in ok if kind != "replayed" or n not in stale)
+            if kind == "replayed":
+                self.already_held = sum(1 for n in ok if n in stale)
         self.probes = asyncio.ensure_future(self._lookups(scenario, rng))
 
     async def _lookups(self, scenario: Scenario, rng: random.Random) -> list[bool]:
@@ -330,15 +348,20 @@ class Poisoning:
                     in_lookups[self.kinds[r.raw]] += 1
                 elif r.public_key == self.victim.dht.identity.public_key and r.seq < newest - 1:
                     in_lookups["replayed"] += 1
-        held = 0
+        held = replayed = 0
         for peer in scenario.swarm.live():
             for record in peer.dht.records.get(skill_key(self.name), now_s=0):
-                held += record.raw in self.kinds and self.kinds[record.raw] != "replayed"
+                kind = self.kinds.get(record.raw)
+                held += kind is not None and kind != "replayed"
+                replayed += kind == "replayed"
         return {
             "poison_stores": sum(self.stores.values()),
             "poison_stores_accepted": dict(self.accepted),
+            "poison_replayed_already_held": self.already_held,
             "poison_in_lookup_results": in_lookups,
             "poison_held_by_honest": held,
+            "poison_replayed_held_by_honest": replayed,
+            "poison_replayed_held_before": self.held_before,
             "poison_victim_found": round(sum(found) / max(1, len(found)), 4),
         }
 
