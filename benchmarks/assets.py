@@ -8,8 +8,9 @@ and this script, the client of both. For each size and direction, ours and the f
 alternate transfer by transfer (so both see the same machine, which matters on a shared
 host):
 
-* upload: ``upload_file`` (hashes the file, signs, streams it; the sidecar hashes and
-  renames it into place) against an aiohttp ``PUT`` of the open file;
+* upload: ``upload_file`` (signs an ``UNSIGNED-PAYLOAD`` PUT and streams the file, hashing
+  it as it goes; the sidecar hashes it as it arrives, renames it into place and answers the
+  hash, which the client compares with its own) against an aiohttp ``PUT`` of the open file;
 * download: ``download_file`` (signed ``GET``, hashed as it is written, renamed) against
   an aiohttp ``GET`` written to a file as it arrives.
 

@@ -2,7 +2,8 @@
 
 A file name is never derived from an untrusted string: every hash is checked to be 64
 lowercase hex characters before it becomes a path, and files are written under a
-temporary name and renamed into place only after their content hash is verified.
+temporary name and renamed into place only once their content hash is known (and matches
+the hash they were sent under, if one was claimed).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yarl
+from aiohttp import web
 
 from knarr.errors import KnarrError, TaskRefused
 from knarr.node import sidecar as sidecar_module
@@ -25,6 +26,8 @@ from knarr.node.identity import Identity
 from knarr.node.node import Node
 from knarr.node.sidecar import (
     EMPTY_HASH,
+    UNSIGNED_PAYLOAD,
+    Sidecar,
     SidecarError,
     delete_asset,
     download_file,
@@ -433,23 +436,33 @@ def _oversize_bodies() -> list[Any]:
     ]
 
 
+CONTENT_HASHES = [
+    pytest.param(sha(b"z" * (LIMIT + 1)), id="signed-hash"),
+    pytest.param(UNSIGNED_PAYLOAD, id="unsigned-payload"),
+]
+
+
+@pytest.mark.parametrize("content_hash", CONTENT_HASHES)
 @pytest.mark.parametrize("body", _oversize_bodies())
 async def test_an_oversize_upload_leaves_nothing_on_disk(
-    nodes: tuple[Node, Node], http: aiohttp.ClientSession, body: Callable[[], Any]
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession, body: Callable[[], Any],
+    content_hash: str,
 ) -> None:
     provider, requester = nodes
-    headers = sign_headers(requester.identity, "PUT", "/assets", sha(b"z" * (LIMIT + 1)))
+    headers = sign_headers(requester.identity, "PUT", "/assets", content_hash)
     status, _ = await _send(http, "PUT", provider, "/assets", headers, data=body())
     assert status >= 400
     assert leftovers(_store(provider)) == []
 
 
+@pytest.mark.parametrize("content_hash", CONTENT_HASHES)
 @pytest.mark.parametrize("body", _oversize_bodies())
 async def test_an_oversize_upload_is_413_with_the_limit(
-    nodes: tuple[Node, Node], http: aiohttp.ClientSession, body: Callable[[], Any]
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession, body: Callable[[], Any],
+    content_hash: str,
 ) -> None:
     provider, requester = nodes
-    headers = sign_headers(requester.identity, "PUT", "/assets", sha(b"z" * (LIMIT + 1)))
+    headers = sign_headers(requester.identity, "PUT", "/assets", content_hash)
     status, message = await _send(http, "PUT", provider, "/assets", headers, data=body())
     assert status == 413
     assert message in (
@@ -470,8 +483,9 @@ async def test_upload_file_over_the_limit_says_so(
     assert f"limit is {LIMIT}" in str(caught.value)
 
 
+@pytest.mark.parametrize("content_hash", [sha(b"a" * 16384), UNSIGNED_PAYLOAD])
 async def test_an_upload_cut_off_mid_way_leaves_nothing(
-    nodes: tuple[Node, Node], http: aiohttp.ClientSession
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession, content_hash: str
 ) -> None:
     provider, requester = nodes
     started = asyncio.Event()
@@ -482,11 +496,160 @@ async def test_an_upload_cut_off_mid_way_leaves_nothing(
         started.set()
         raise ConnectionAbortedError("the client gave up")
 
-    headers = sign_headers(requester.identity, "PUT", "/assets", sha(b"a" * 16384))
+    headers = sign_headers(requester.identity, "PUT", "/assets", content_hash)
     with pytest.raises((aiohttp.ClientError, ConnectionAbortedError)):
         await _send(http, "PUT", provider, "/assets", headers, data=cut_off())
     assert started.is_set()
     await wait_for(lambda: leftovers(_store(provider)) == [])
+
+
+# ---------------------------------------------------------------- UNSIGNED-PAYLOAD
+
+
+async def test_an_unsigned_payload_is_stored_under_the_hash_of_what_arrived(
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession
+) -> None:
+    provider, requester = nodes
+    data = os.urandom(3 * 1024 * 1024 // 4 + 5)  # several chunks and a ragged tail
+    headers = sign_headers(requester.identity, "PUT", "/assets", UNSIGNED_PAYLOAD)
+    async with http.put(_url(provider, "/assets"), headers=headers, data=data) as r:
+        assert r.status == 200
+        assert await r.json() == {"hash": sha(data), "size": len(data)}
+    assert _store(provider).path(sha(data)).read_bytes() == data
+    assert leftovers(_store(provider), sha(data)) == []
+
+
+async def test_upload_file_sends_an_unsigned_payload_and_checks_the_answer(
+    nodes: tuple[Node, Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider, requester = nodes
+    signed: list[str] = []
+    real_sign = sidecar_module.sign_headers
+
+    def spy(key: Any, method: str, path: str, content_hash: str, **kw: Any) -> dict[str, str]:
+        signed.append(content_hash)
+        return real_sign(key, method, path, content_hash, **kw)
+
+    monkeypatch.setattr(sidecar_module, "sign_headers", spy)
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(LIMIT // 2 + 3))
+    assert await upload_file(*_at(provider), source, requester.identity) == (
+        sha(source.read_bytes()), LIMIT // 2 + 3
+    )
+    assert signed == [UNSIGNED_PAYLOAD]  # one request, and the file was read once
+
+
+async def test_unsigned_payload_is_only_for_put(
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession
+) -> None:
+    provider, _ = nodes
+    digest = _store(provider).put(b"private")
+    path = f"/assets/{digest}"
+    for method in ("GET", "HEAD", "DELETE"):
+        headers = sign_headers(provider.identity, method, path, UNSIGNED_PAYLOAD)
+        assert await _send(http, method, provider, path, headers) == (
+            401, "" if method == "HEAD" else "malformed X-Knarr-* headers"
+        )
+    assert _store(provider).has(digest)
+
+
+async def test_an_unsigned_payload_needs_a_signature_over_unsigned_payload(
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession
+) -> None:
+    provider, requester = nodes
+    data = b"body"
+    # Signed over the body's hash, sent as UNSIGNED-PAYLOAD (and the other way round).
+    over_hash = sign_headers(requester.identity, "PUT", "/assets", sha(data))
+    as_unsigned = {**over_hash, "X-Knarr-Content-Hash": UNSIGNED_PAYLOAD}
+    over_unsigned = sign_headers(requester.identity, "PUT", "/assets", UNSIGNED_PAYLOAD)
+    as_hash = {**over_unsigned, "X-Knarr-Content-Hash": sha(data)}
+    forged = {**over_unsigned, "X-Knarr-PublicKey": provider.identity.public_key.hex()}
+    for headers in (as_unsigned, as_hash, forged):
+        assert await _send(http, "PUT", provider, "/assets", headers, data=data) == (
+            401, "signature does not verify"
+        )
+    stale = sign_headers(requester.identity, "PUT", "/assets", UNSIGNED_PAYLOAD,
+                         now=time.time() - 120)
+    assert await _send(http, "PUT", provider, "/assets", stale, data=data) == (
+        401, "stale or future X-Knarr-Timestamp"
+    )
+    assert leftovers(_store(provider)) == []
+
+
+async def test_an_unsigned_payload_is_not_replayable(
+    nodes: tuple[Node, Node], http: aiohttp.ClientSession
+) -> None:
+    provider, requester = nodes
+    headers = sign_headers(requester.identity, "PUT", "/assets", UNSIGNED_PAYLOAD)
+    assert (await _send(http, "PUT", provider, "/assets", headers, data=b"one"))[0] == 200
+    assert await _send(http, "PUT", provider, "/assets", headers, data=b"another") == (
+        401, "nonce already seen from this sender"
+    )
+    assert leftovers(_store(provider), sha(b"one")) == []
+
+
+class _LyingSidecar(Sidecar):
+    """Stores the upload but answers the hash of something else."""
+
+    async def _put(self, request: web.Request) -> web.Response:
+        stored = json.loads((await super()._put(request)).text or "{}")
+        return web.json_response({**stored, "hash": sha(b"something else")})
+
+
+class _SidecarBeforeUnsignedPayload(Sidecar):
+    """A sidecar that only knows signed content hashes, as before UNSIGNED-PAYLOAD."""
+
+    puts: list[str]
+
+    async def _put(self, request: web.Request) -> web.Response:
+        claimed = request.headers.get("X-Knarr-Content-Hash", "")
+        self.puts.append(claimed)
+        if claimed == UNSIGNED_PAYLOAD:
+            raise web.HTTPUnauthorized(text=json.dumps({"error": "malformed X-Knarr-* headers"}),
+                                       content_type="application/json")
+        return await super()._put(request)
+
+
+@pytest.fixture
+async def lone_sidecar(tmp_path: Path) -> AsyncIterator[Callable[[type[Sidecar]], Any]]:
+    """Starts one bare sidecar of a given class on loopback; stopped afterwards."""
+    started: list[Sidecar] = []
+
+    async def start(cls: type[Sidecar]) -> Sidecar:
+        sidecar = cls(Identity.generate(), AssetStore(tmp_path / f"store-{len(started)}"))
+        await sidecar.start("127.0.0.1", 0)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        await sidecar.stop()
+
+
+async def test_upload_file_refuses_an_answer_with_another_hash(
+    lone_sidecar: Callable[[type[Sidecar]], Any], tmp_path: Path
+) -> None:
+    liar = await lone_sidecar(_LyingSidecar)
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"the real bytes")
+    with pytest.raises(SidecarError, match="under a different hash or size"):
+        await upload_file("127.0.0.1", liar.port, source, Identity.generate())
+
+
+async def test_upload_file_falls_back_to_a_signed_hash_for_an_older_sidecar(
+    lone_sidecar: Callable[[type[Sidecar]], Any], tmp_path: Path
+) -> None:
+    old = await lone_sidecar(_SidecarBeforeUnsignedPayload)
+    assert isinstance(old, _SidecarBeforeUnsignedPayload)
+    old.puts = []
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"for an old peer")
+    digest = sha(b"for an old peer")
+    assert await upload_file("127.0.0.1", old.port, source, Identity.generate()) == (
+        digest, len(b"for an old peer")
+    )
+    assert old.puts == [UNSIGNED_PAYLOAD, digest]
+    assert old.store.path(digest).read_bytes() == b"for an old peer"
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ from knarr.node.settlement import (
     SettleReconciled,
     SettleReply,
 )
-from knarr.node.sidecar import EMPTY_HASH, sign_headers, signed_message
+from knarr.node.sidecar import EMPTY_HASH, UNSIGNED_PAYLOAD, sign_headers, signed_message
 from knarr.node.tasks import (
     ERROR_CLASSES,
     SEALED_OVERHEAD,
@@ -133,6 +133,7 @@ ASSET = b"hello"
 ASSET_HASH = hashlib.sha256(ASSET).hexdigest()
 SIDECAR_REQUESTS: dict[str, tuple[str, str, str]] = {  # name -> (method, path, content hash)
     "put": ("PUT", "/assets", ASSET_HASH),
+    "put_unsigned": ("PUT", "/assets", UNSIGNED_PAYLOAD),
     "get": ("GET", f"/assets/{ASSET_HASH}", EMPTY_HASH),
 }
 
