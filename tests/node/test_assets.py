@@ -109,12 +109,20 @@ async def test_upload_file_and_download_file(nodes: tuple[Node, Node], tmp_path:
     assert sorted(p.name for p in dest.parent.iterdir()) == ["copy.png"]  # no .part
 
 
-async def test_download_to_a_store_verifies_and_commits(nodes: tuple[Node, Node]) -> None:
+@pytest.mark.parametrize("data", [b"a small asset", os.urandom(3 * 1024 * 1024 + 7)],
+                         ids=["small", "several-batches"])
+async def test_download_to_a_store_verifies_and_commits(
+    nodes: tuple[Node, Node], data: bytes
+) -> None:
     provider, requester = nodes
-    digest = _store(provider).put(b"a small asset")
-    path = await download_to(*_at(provider), digest, requester.identity, _store(requester))
-    assert path == _store(requester).path(digest) and path.read_bytes() == b"a small asset"
+    digest = sha(data)
+    _store(provider).path(digest).write_bytes(data)  # over the provider's upload limit
+    seen: list[tuple[int, int]] = []
+    path = await download_to(*_at(provider), digest, requester.identity, _store(requester),
+                             progress=lambda done, total: seen.append((done, total)))
+    assert path == _store(requester).path(digest) and path.read_bytes() == data
     assert leftovers(_store(requester), digest) == []
+    assert seen[-1] == (len(data), len(data))
 
 
 async def test_head_gives_the_size_or_none(nodes: tuple[Node, Node]) -> None:
@@ -713,12 +721,13 @@ async def test_download_file_of_a_missing_asset_leaves_no_part_file(
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize("size", [14, 3 * 1024 * 1024 + 7], ids=["small", "several-batches"])
 async def test_a_corrupt_copy_on_the_server_is_never_kept_by_the_client(
-    nodes: tuple[Node, Node], tmp_path: Path
+    nodes: tuple[Node, Node], tmp_path: Path, size: int
 ) -> None:
     provider, requester = nodes
     digest = sha(b"the real bytes")
-    _store(provider).path(digest).write_bytes(b"tampered bytes")  # a lying sidecar
+    _store(provider).path(digest).write_bytes(b"t" * size)  # a lying sidecar
     folder = tmp_path / "results"
     folder.mkdir()
     with pytest.raises(SidecarError, match="do not match"):
