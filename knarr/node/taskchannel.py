@@ -44,6 +44,7 @@ from knarr.node.tasks import (
     TaskRefusal,
     TaskRequest,
     TaskResult,
+    check_frame_length,
     error_payload,
     frame,
     is_sealed,
@@ -156,8 +157,7 @@ class Sealer:
 async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     header = await reader.readexactly(FRAME_HEADER.size)
     (length,) = FRAME_HEADER.unpack(header)
-    if length > limit:
-        raise RemoteProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+    check_frame_length(length, limit)
     return await reader.readexactly(length)
 
 

@@ -214,10 +214,6 @@ class Boxes:
         return cbor.decode(plain, max_depth=32, max_items=1_000_000)
 
 
-def plaintext_size(sealed: bytes) -> int:
-    return max(0, len(sealed) - BOX_OVERHEAD)
-
-
 # ------------------------------------------------------------------------ outcomes
 
 ERROR_CLASSES: dict[str, type[TaskError]] = {
