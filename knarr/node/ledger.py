@@ -43,6 +43,8 @@ class Ledger:
         # whole history for every task made providers slower with every task served.
         # The node process is the only writer of its books while it runs.
         self._balances: dict[str, int] = {}
+        self._voided: dict[str, int] = {}
+        """peer -> micro-credits of its charges we voided (same caching as balances)."""
 
     # ------------------------------------------------------------------ receipts
 
@@ -117,6 +119,20 @@ class Ledger:
     def reload(self) -> None:
         """Forget cached balances (after the database was changed by another process)."""
         self._balances.clear()
+        self._voided.clear()
+
+    def voided(self, peer: str) -> int:
+        """Micro-credits of the charges to ``peer`` that reconciliation voided because it
+        said it never received them. They still count against its credit: otherwise a
+        requester could deny every receipt, have its debt voided and start again."""
+        cached = self._voided.get(peer)
+        if cached is None:
+            rows = self.store.execute(
+                "SELECT COALESCE(SUM(charged), 0) FROM receipts WHERE peer = ?"
+                " AND role = 'provided' AND settlement = 'void'", (peer,),
+            )
+            cached = self._voided[peer] = int(rows[0][0])
+        return cached
 
     def balance(self, peer: str) -> int:
         cached = self._balances.get(peer)
@@ -189,6 +205,7 @@ class Ledger:
                 voided.append(rid)
         if voided:
             self._balances.pop(peer, None)
+            self._voided.pop(peer, None)
         return voided
 
     def settlement_view(self, peer: str) -> tuple[int, bytes, list[str]]:
@@ -297,11 +314,14 @@ class CreditBooks:
     def reserve(self, requester: bytes, price: int) -> None:
         peer = requester.hex()
         limit = to_micro(self.limit_for(peer))
-        owed = self.ledger.balance(peer) + self._held.get(peer, 0)
+        voided = self.ledger.voided(peer)
+        owed = self.ledger.balance(peer) + voided + self._held.get(peer, 0)
         if price and owed + price > limit:
+            disputed = (f" ({to_credits(voided):g} of it for results you said you never"
+                        " received)") if voided else ""
             raise TaskRefusal(
                 "credit_limit",
-                f"credit limit reached: you owe {to_credits(owed):g} of "
+                f"credit limit reached: you owe {to_credits(owed):g}{disputed} of "
                 f"{to_credits(limit):g} credits here; settle before calling again",
             )
         self._held[peer] = self._held.get(peer, 0) + price

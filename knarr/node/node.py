@@ -76,11 +76,11 @@ log = logging.getLogger("knarr.node")
 
 MIN_FRAME_INPUT = 2**20  # input bytes a task frame may carry, whatever the skills' limits
 
-# Refusals that say the caller's request was wrong, not that the provider is unreliable.
 PROVIDERS_FRESH_S = 30.0
 """How long ``request`` reuses the providers a lookup found before looking again (a
 lookup per call cost a DHT round trip and, past ~200 calls a second, ran into the
 provider's per-address rate limit)."""
+# Refusals that say the caller's request was wrong, not that the provider is unreliable.
 CALLER_FAULTS = frozenset({"invalid_input", "input_too_large", "forbidden", "credit_limit"})
 
 Handler = Callable[..., Awaitable[Mapping[str, Any]] | Mapping[str, Any]]

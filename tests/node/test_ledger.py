@@ -752,3 +752,19 @@ def test_reconcile_ids_must_be_whole_32_byte_ids(ids: object) -> None:
         SettleReconcile.from_body({"ids": ids})
     with pytest.raises(MistypedMessage):
         SettleReconciled.from_body({"re": b"\x00" * 16, "void": b"", "ids": ids})
+
+
+def test_voided_charges_still_count_against_the_credit_limit(store: Store) -> None:
+    """A requester that denied its receipts cannot have them voided and start over."""
+    clock = Clock()
+    ledger = Ledger(store, clock)
+    books = _books_with_limit(ledger, EconomyConfig(credit_limit=3))
+    receipts = [make_receipt(task=bytes([i]) * 16) for i in range(2)]
+    books.book(receipts)
+    clock.now += 1000
+    peer = REQUESTER.node_id_hex
+    assert ledger.void([r.id for r in receipts], peer=peer, before=clock.now) != []
+    assert ledger.balance(peer) == 0 and ledger.voided(peer) == 2 * PRICE
+    with pytest.raises(TaskRefusal, match="you owe 3 .3 of it for results you said you never"):
+        books.reserve(REQUESTER.node_id, to_micro(0.5))
+    assert Ledger(store, clock).voided(peer) == 2 * PRICE  # from the database, not a cache
