@@ -329,6 +329,8 @@ class SettlementDesk:
         its requester has: a provider that booked a task and then died, or lost the
         connection, before the result left would otherwise keep a charge the requester
         never saw, and the two books would disagree for good."""
+        if len(theirs) >= MAX_RECONCILE_IDS:
+            return []  # the list may have been cut short: absence proves nothing
         held = set(theirs)
         ours = self.ledger.unsettled(peer.hex(), role="provided")
         return self.ledger.void(

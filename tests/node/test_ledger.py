@@ -768,3 +768,19 @@ def test_voided_charges_still_count_against_the_credit_limit(store: Store) -> No
     with pytest.raises(TaskRefusal, match="you owe 3 .3 of it for results you said you never"):
         books.reserve(REQUESTER.node_id, to_micro(0.5))
     assert Ledger(store, clock).voided(peer) == 2 * PRICE  # from the database, not a cache
+
+
+def test_reconcile_voids_nothing_when_the_other_list_may_be_cut_short(
+    store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import knarr.node.settlement as settlement
+
+    clock = Clock()
+    ledger = Ledger(store, clock)
+    receipt = make_receipt(task=b"\x0e" * 16)
+    ledger.record(receipt, role="provided")
+    clock.now += 1000
+    desk = SettlementDesk(PROVIDER, ledger, clock=clock)
+    monkeypatch.setattr(settlement, "MAX_RECONCILE_IDS", 2)
+    assert desk.reconcile(REQUESTER.node_id, ["00" * 32, "11" * 32]) == []
+    assert desk.reconcile(REQUESTER.node_id, ["00" * 32]) == [receipt.id]
