@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-KNARR = [sys.executable, "-m", "knarr.cli.main"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from tests.e2e.cli import ENV, KNARR, free_port, knarr, read_banner
+
 MiB = 2**20
 
 CONFIG = """\
@@ -90,29 +90,6 @@ def processed(data: bytes) -> bytes:
     return b"PROCESSED:" + data[::-1]
 
 
-def _free_port(kinds: tuple[int, ...] = (socket.SOCK_DGRAM, socket.SOCK_STREAM)) -> int:
-    """A port free for every socket kind in ``kinds`` on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, kinds[0]) as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            try:
-                for kind in kinds[1:]:
-                    with socket.socket(socket.AF_INET, kind) as other:
-                        other.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
-def knarr(
-    *args: str, cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*KNARR, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV
-    )
-
-
 @dataclass
 class Provider:
     folder: Path
@@ -143,10 +120,10 @@ def serving(folder: Path, *, sidecar: bool = True, max_asset_size: int = 10 * Mi
     folder.mkdir(parents=True)
     (folder / "skills").mkdir()
     (folder / "skills" / "image.py").write_text(SKILL_CODE)
-    port = _free_port()
-    sidecar_port = _free_port((socket.SOCK_STREAM,)) if sidecar else 0
+    port = free_port()
+    sidecar_port = free_port((socket.SOCK_STREAM,)) if sidecar else 0
     while sidecar_port == port:
-        sidecar_port = _free_port((socket.SOCK_STREAM,))
+        sidecar_port = free_port((socket.SOCK_STREAM,))
     (folder / "knarr.toml").write_text(CONFIG.format(
         port=port, sidecar_port=sidecar_port, max_asset_size=max_asset_size
     ))
@@ -155,12 +132,7 @@ def serving(folder: Path, *, sidecar: bool = True, max_asset_size: int = 10 * Mi
             [*KNARR, "serve"], cwd=folder, stdout=subprocess.PIPE, stderr=log, text=True,
             env=ENV,
         )
-    assert proc.stdout is not None
-    banner: list[str] = []
-    for line in proc.stdout:
-        if not line.strip():
-            break
-        banner.append(line.rstrip())
+    banner = read_banner(proc)
     try:
         assert f"Listening: 127.0.0.1:{port}" in banner, (folder / "serve.log").read_text()
         sidecar_line = f"Sidecar: 127.0.0.1:{sidecar_port} (assets in {folder / 'assets'})"
@@ -203,7 +175,8 @@ def test_an_image_goes_up_as_a_file_and_the_result_comes_back_as_one(
     digest = hashlib.sha256(expected).hexdigest()
 
     out = knarr("request", "--skill", "process-image", "--input", '{"image": "@photo.png"}',
-                "--bootstrap", provider.bootstrap, "--output-dir", "results/", cwd=tmp_path)
+                "--bootstrap", provider.bootstrap, "--output-dir", "results/", cwd=tmp_path,
+                timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.splitlines() == [
         "Status: completed",
@@ -229,7 +202,7 @@ def test_the_result_as_json_names_the_downloaded_file(
     digest = hashlib.sha256(processed(b"tiny image")).hexdigest()
     out = knarr("request", "--skill", "process-image", "--input", '{"image": "@in.png"}',
                 "--bootstrap", provider.bootstrap, "--output-dir", "out", "--json",
-                cwd=tmp_path)
+                cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout)
     assert result["output"] == {"result": f"knarr-asset://{digest}"}
@@ -239,7 +212,7 @@ def test_the_result_as_json_names_the_downloaded_file(
 
 def test_a_missing_input_file_is_a_one_line_error(provider: Provider, tmp_path: Path) -> None:
     out = knarr("request", "--skill", "process-image", "--input", '{"image": "@nope.png"}',
-                "--bootstrap", provider.bootstrap, cwd=tmp_path)
+                "--bootstrap", provider.bootstrap, cwd=tmp_path, timeout=60)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
         "error: --input: image: file not found: nope.png"
@@ -252,7 +225,7 @@ def test_a_provider_without_a_sidecar_cannot_take_files(
 ) -> None:
     (tmp_path / "photo.png").write_bytes(b"an image")
     out = knarr("request", "--skill", "process-image", "--input", '{"image": "@photo.png"}',
-                "--bootstrap", provider_without_sidecar.bootstrap, cwd=tmp_path)
+                "--bootstrap", provider_without_sidecar.bootstrap, cwd=tmp_path, timeout=60)
     assert out.returncode == 1
     lines = out.stdout.splitlines()
     assert lines[0] == "Status: failed" and len(lines) == 2, lines

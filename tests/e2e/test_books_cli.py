@@ -6,43 +6,20 @@ it has stopped."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.cli import ENV, KNARR, free_port, knarr, read_banner
+
 pytestmark = pytest.mark.slow
 
-KNARR = [sys.executable, "-m", "knarr.cli.main"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 PRICE = 2.5
 CALLS = 3
-
-
-def _free_port() -> int:
-    """A port free for both UDP (the DHT) and TCP (tasks)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-
-
-def knarr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*KNARR, *args], cwd=cwd, capture_output=True, text=True, timeout=30, env=ENV
-    )
 
 
 @dataclass
@@ -85,7 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A priced node, called CALLS times and asked twice for a skill and once for a
     tag that nobody serves."""
     root = tmp_path_factory.mktemp("books")
-    port = _free_port()
+    port = free_port()
     made = knarr("init", "node", "--port", str(port), "--bootstrap", f"127.0.0.1:{port}",
                  cwd=root)
     assert made.returncode == 0, made.stderr
@@ -97,12 +74,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         [*KNARR, "serve", "--log-level", "WARNING"], cwd=folder, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=ENV,
     )
-    assert proc.stdout is not None
-    banner: list[str] = []
-    for line in proc.stdout:
-        if not line.strip():
-            break
-        banner.append(line.rstrip())
+    banner = read_banner(proc)
     assert banner and banner[0].startswith("Node ID: "), proc.stderr.read() if proc.stderr else ""
     node = Served(proc, port, banner[0].removeprefix("Node ID: "), folder)
     try:

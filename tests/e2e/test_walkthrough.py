@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.cli import ENV, KNARR, free_port, knarr, read_banner
+
 pytestmark = pytest.mark.slow
 
-KNARR = [sys.executable, "-m", "knarr.cli.main"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 EXTRA_SKILLS = """
 [skills.fails]
@@ -63,27 +60,6 @@ async def echo(input_data: dict) -> dict:
 """
 
 
-def _free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-
-
-def knarr(
-    *args: str, cwd: Path | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*KNARR, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV
-    )
-
-
 @dataclass
 class Provider:
     port: int
@@ -98,7 +74,7 @@ class Provider:
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
     root = tmp_path_factory.mktemp("walkthrough")
-    port = _free_port()
+    port = free_port()
     created = knarr("init", "my-provider", "--port", str(port),
                     "--bootstrap", f"127.0.0.1:{port}", cwd=root)
     assert created.returncode == 0, created.stderr
@@ -118,12 +94,7 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
         [*KNARR, "serve"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=ENV,
     )
-    assert proc.stdout is not None
-    banner: list[str] = []
-    for line in proc.stdout:
-        if not line.strip():
-            break
-        banner.append(line.rstrip())
+    banner = read_banner(proc)
     assert banner, proc.stderr.read() if proc.stderr else ""
     node_id = banner[0].removeprefix("Node ID: ")
     assert banner[1] == f"Listening: 127.0.0.1:{port}"
@@ -225,7 +196,7 @@ def test_bad_arguments_are_one_line(provider: Provider, args: list[str], expecte
 
 
 def test_unreachable_bootstrap_fails_clearly(tmp_path: Path) -> None:
-    dead = _free_port()
+    dead = free_port()
     out = knarr("query", "--bootstrap", f"127.0.0.1:{dead}", "--name", "echo")
     assert out.returncode == 1
     assert out.stderr.strip() == (
