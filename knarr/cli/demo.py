@@ -201,4 +201,6 @@ async def _console(net: DemoNetwork, stop: asyncio.Event, seconds: float) -> Non
         print(f"(console not available) cockpit at {net.console_socket}")
         await _wait(stop, seconds)
         return
-    await run_console_async(socket_path=net.console_socket)
+    if seconds > 0:
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+    await run_console_async(socket_path=net.console_socket, stop=stop)

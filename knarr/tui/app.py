@@ -54,6 +54,11 @@ class KnarrConsole(App[None]):
         Binding("q", "quit", "Quit", id="console.quit", tooltip="Leave the console"),
     ]
 
+    def action_help_quit(self) -> None:
+        """Ctrl-C leaves, as in every operator console people know (Textual's default
+        only says which key quits). A focused input keeps Ctrl-C for copying."""
+        self.exit()
+
     def __init__(
         self,
         feed: Feed,
@@ -66,12 +71,14 @@ class KnarrConsole(App[None]):
         toasts: bool = True,
         resync_interval: float = 0.25,
         resync_rows_interval: float = 2.0,
+        stop: asyncio.Event | None = None,
     ) -> None:
         """``clock``: what ages and "updated Ns ago" are measured against (default: the
         feed's). ``tick``: seconds between header refreshes (``None``: never, for
         snapshots). ``blink``: let input cursors blink. ``resync_interval``: the least
         time between re-fetches of what events made stale; ``resync_rows_interval``:
-        the same for :data:`~knarr.tui.model.ROWS_FROM_EVENTS`."""
+        the same for :data:`~knarr.tui.model.ROWS_FROM_EVENTS`. ``stop``: the console
+        leaves when it is set (a signal, a time limit)."""
         super().__init__()
         self.feed = feed
         self.clock = clock or feed.clock
@@ -94,6 +101,7 @@ class KnarrConsole(App[None]):
         self._views_due = False
         self._main = MainScreen(self.model, self.clock)
         self._attached = False
+        self._stop = stop
 
     def get_default_screen(self) -> Screen[Any]:
         return self._main
@@ -110,6 +118,8 @@ class KnarrConsole(App[None]):
         self.refresh_header()
         self.follow_feed()
         self.resync_stale()
+        if self._stop is not None:
+            self.exit_on_stop(self._stop)
         if self.tick:
             self.set_interval(self.tick, self._on_tick)
 
@@ -166,6 +176,11 @@ class KnarrConsole(App[None]):
                 self.post_message(msg.PanelFetched(name, data, taken))
             if self.resync_interval > 0:
                 await asyncio.sleep(self.resync_interval)
+
+    @work(exclusive=True, group="stop")
+    async def exit_on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.exit()
 
     @work(exclusive=True, group="refresh")
     async def refresh_all(self) -> None:
@@ -395,12 +410,16 @@ async def run_console_async(
     port: int | None = None,
     token: str | None = None,
     theme: str = "dark",
+    stop: asyncio.Event | None = None,
+    headless: bool = False,
 ) -> None:
-    """Run the console in the current event loop until the operator quits: on ``feed``,
-    or on the cockpit at ``socket_path`` (or ``host``:``port`` with ``token``)."""
+    """Run the console in the current event loop until the operator quits, or ``stop``
+    is set (e.g. by a signal or a time limit): on ``feed``, or on the cockpit at
+    ``socket_path`` (or ``host``:``port`` with ``token``). ``headless``: draw nothing
+    (scripts and tests)."""
     if feed is None:
         feed = CockpitFeed(socket_path=socket_path, host=host, port=port, token=token)
     try:
-        await KnarrConsole(feed, theme=theme).run_async()
+        await KnarrConsole(feed, theme=theme, stop=stop).run_async(headless=headless)
     finally:
         await feed.close()

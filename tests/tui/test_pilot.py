@@ -3,12 +3,13 @@ palette, theme (pausing is tested against a live node in test_attach)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from textual.command import CommandPalette
 from textual.widgets import Input
 
-from knarr.tui.app import KnarrConsole
+from knarr.tui.app import KnarrConsole, run_console_async
 from knarr.tui.feed import RecordedFeed
 from knarr.tui.model import RowChange
 from knarr.tui.screens.call import CallScreen
@@ -226,3 +227,21 @@ async def test_toasts_for_restarts_recipes_and_new_peers() -> None:
         await until(pilot, lambda: {"Watchman", "Recipe fired", "Peers"} <= titles())
         messages = " | ".join(n.message for n in app._notifications)
         assert "restart" in messages and "pay-debts → settle" in messages
+
+
+async def test_ctrl_c_leaves_the_console() -> None:
+    """As in every operator console (Textual's default only says which key quits)."""
+    app = recorded_console()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+c")
+        assert not app.is_running
+    assert app.return_code == 0
+
+
+async def test_the_console_leaves_when_its_stop_event_is_set() -> None:
+    """``knarr demo --seconds`` and its signal handlers stop the console this way."""
+    stop = asyncio.Event()
+    stop.set()
+    feed = RecordedFeed(list(RecordedFeed.demo().items))
+    await asyncio.wait_for(run_console_async(feed=feed, stop=stop, headless=True), 10)
