@@ -45,6 +45,9 @@ class Ledger:
         self._balances: dict[str, int] = {}
         self._voided: dict[str, int] = {}
         """peer -> micro-credits of its charges we voided (same caching as balances)."""
+        self._totals: dict[str, int] | None = None
+        """:meth:`totals` as of the last commit, kept up to date by every write: summing
+        (and auditing) the whole ledger each time the cockpit asked cost a full scan."""
 
     # ------------------------------------------------------------------ receipts
 
@@ -87,6 +90,7 @@ class Ledger:
             peer = (receipt.requester if role == "provided" else receipt.provider).hex()
             if receipt.charged and peer in self._balances:
                 self._balances[peer] += sign * receipt.charged
+        self._count(rows)
         return booked
 
     def receipts(self, *, peer: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -120,6 +124,7 @@ class Ledger:
         """Forget cached balances (after the database was changed by another process)."""
         self._balances.clear()
         self._voided.clear()
+        self._totals = None
 
     def voided(self, peer: str) -> int:
         """Micro-credits of the charges to ``peer`` that reconciliation voided because it
@@ -155,7 +160,15 @@ class Ledger:
 
     def totals(self) -> dict[str, int]:
         """Sums per account kind: what we earned, spent, and settled; and the check that
-        every transaction balances (``imbalance`` must be 0)."""
+        every transaction balances (``unbalanced_transactions`` must be 0). Read from the
+        database once, then kept up to date as this ledger writes: every transaction it
+        writes balances, so the audit holds until another process changes the books
+        (:meth:`reload`)."""
+        if self._totals is None:
+            self._totals = self._read_totals()
+        return dict(self._totals)
+
+    def _read_totals(self) -> dict[str, int]:
         rows = self.store.execute(
             "SELECT CASE WHEN account LIKE 'peer:%' THEN 'outstanding'"
             " WHEN account LIKE 'settled:%' THEN 'settled' ELSE account END, SUM(amount)"
@@ -167,6 +180,16 @@ class Ledger:
         )
         totals["unbalanced_transactions"] = int(imbalance[0][0])
         return totals
+
+    def _count(self, rows: Sequence[tuple[str, str, int, float]]) -> None:
+        """Add committed ledger rows ``(txn, account, amount, created)`` to the totals."""
+        totals = self._totals
+        if totals is None:
+            return
+        for _, account, amount, _ in rows:
+            kind = ("outstanding" if account.startswith("peer:")
+                    else "settled" if account.startswith("settled:") else account)
+            totals[kind] = totals.get(kind, 0) + amount
 
     def unsettled(self, peer: str, *, role: str | None = None) -> list[str]:
         """Ids of the charged receipts with ``peer`` that no settlement covers yet (only
@@ -183,6 +206,7 @@ class Ledger:
         ``before``: each gets reversing ledger rows (transaction ``void:<id>``) and is
         marked ``void``, so no settlement counts it. Returns the ids voided."""
         voided: list[str] = []
+        written: list[tuple[str, str, int, float]] = []
         now = self.clock()
         with self.store.transaction():
             for rid in ids:
@@ -197,12 +221,15 @@ class Ledger:
                 self.store.execute(
                     "UPDATE receipts SET settlement = 'void' WHERE id = ?", (rid,)
                 )
+                reversal = [(f"void:{rid}", f"peer:{peer}", -charged, now),
+                            (f"void:{rid}", "provided", charged, now)]
                 self.store.executemany(
                     "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
-                    [(f"void:{rid}", f"peer:{peer}", -charged, now),
-                     (f"void:{rid}", "provided", charged, now)],
+                    reversal,
                 )
+                written += reversal
                 voided.append(rid)
+        self._count(written)
         if voided:
             self._balances.pop(peer, None)
             self._voided.pop(peer, None)
@@ -240,13 +267,14 @@ class Ledger:
                 (sid, peer, amount, statement.receipts, statement.count, statement.encode(),
                  our_sig, their_sig, now),
             )
+            rows = [(sid, f"peer:{peer}", -amount, now), (sid, f"settled:{peer}", amount, now)]
             self.store.executemany(
-                "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)",
-                [(sid, f"peer:{peer}", -amount, now), (sid, f"settled:{peer}", amount, now)],
+                "INSERT INTO ledger(txn, account, amount, created) VALUES(?, ?, ?, ?)", rows
             )
             self.store.executemany(
                 "UPDATE receipts SET settlement = ? WHERE id = ?", [(sid, i) for i in ids]
             )
+        self._count(rows)
         self._balances.pop(peer, None)
         return True
 

@@ -541,6 +541,32 @@ def test_mutual_balances_net_and_settle_on_both_sides(proposer: str) -> None:
     assert pair.a_desk.propose(pair.b_id.node_id) is None
 
 
+def test_the_totals_a_ledger_keeps_match_the_books_after_every_kind_of_write() -> None:
+    """Totals are read once and then kept up to date by each write (the cockpit asks for
+    them every few seconds); they must always equal a fresh read of the database."""
+    pair = Pair()
+    for books in (pair.a, pair.b):
+        assert books.totals() == {"unbalanced_transactions": 0}  # read (and kept) from here
+
+    def agree() -> None:
+        for books in (pair.a, pair.b):
+            assert books.totals() == Ledger(books.store, Clock()).totals()
+
+    pair.a_serves_b(2)
+    pair.a_serves_b(2, outcome="failed")
+    pair.b_serves_a(1.25)
+    agree()
+    assert pair.a.totals()["outstanding"] == to_micro(0.75)
+    pair.a_settles()
+    agree()
+    assert pair.a.totals()["settled"] == to_micro(0.75)
+    late = pair.a_serves_b(3)
+    voided = pair.a.void([late.id], peer=pair.b_id.node_id_hex, before=float("inf"))
+    assert voided == [late.id]
+    agree()
+    assert pair.a.totals()["outstanding"] == 0
+
+
 def test_books_that_differ_are_refused_with_both_views_and_nothing_booked() -> None:
     pair = Pair()
     gone = pair.a_serves_b(2)
