@@ -2,18 +2,29 @@
 
 Every module that persists something owns its tables through a migration here, so the
 schema history of a database is readable in one list.
+
+The write-ahead log is copied back into the database (checkpointed) by a thread of the
+store's own, not inside whichever commit happens to cross SQLite's threshold: that copy
+ends in an fsync, and the commit runs on the node's event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apsw
 
 from knarr.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PAGES = 1000
+"""Checkpoint once the log holds this many pages (SQLite's own default threshold)."""
 
 # Each entry upgrades the schema by one version; never edit a released entry, append.
 MIGRATIONS: tuple[str, ...] = (
@@ -141,6 +152,7 @@ class Store:
         """Open (creating and migrating) a node database. With ``readonly``, open an
         existing one for reading only, beside a running node, without changing it."""
         self.path = os.fspath(path)
+        self._checkpointer: _Checkpointer | None = None
         if readonly and (self.path == ":memory:" or not os.path.isfile(self.path)):
             raise StorageError(f"{self.path}: no node database here (start a node with "
                                "`knarr serve`, or pass --storage)")
@@ -156,6 +168,9 @@ class Store:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                self._checkpointer = _Checkpointer(self.path)
+                # Replaces SQLite's automatic checkpoint (which runs inside the commit).
+                self._db.set_wal_hook(self._checkpointer.hook)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except apsw.Error as exc:
@@ -225,5 +240,64 @@ class Store:
             (key, value),
         )
 
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints the store's thread has made (0 for an in-memory or read-only one)."""
+        return self._checkpointer.done if self._checkpointer is not None else 0
+
     def close(self) -> None:
-        self._db.close()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+        self._db.close()  # the last connection out checkpoints what is left
+
+
+class _Checkpointer:
+    """Checkpoints a database's write-ahead log on a thread with its own connection,
+    started when the log first reaches :data:`CHECKPOINT_PAGES`. A PASSIVE checkpoint
+    never blocks the writer; apsw releases the GIL while SQLite works."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.done = 0
+
+    def hook(self, _connection: apsw.Connection, _name: str, pages: int) -> int:
+        """SQLite's WAL hook: called after every commit with the log's length in pages."""
+        if pages >= CHECKPOINT_PAGES and not self._stopping:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="knarr-checkpoint", daemon=True
+                )
+                self._thread.start()
+            self._wake.set()
+        return int(apsw.SQLITE_OK)
+
+    def _run(self) -> None:
+        try:
+            db = apsw.Connection(self._path, flags=apsw.SQLITE_OPEN_READWRITE)
+            db.set_busy_timeout(5000)
+        except apsw.Error as exc:
+            log.warning("%s: cannot open a connection to checkpoint the log: %s", self._path, exc)
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                    self.done += 1
+                except apsw.Error as exc:  # e.g. busy: the next commit past the mark retries
+                    log.warning("%s: checkpoint failed: %s", self._path, exc)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

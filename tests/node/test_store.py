@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import apsw
 import pytest
 
 from knarr.errors import StorageError
-from knarr.node.store import MIGRATIONS, SCHEMA_VERSION, Store
+from knarr.node.store import CHECKPOINT_PAGES, MIGRATIONS, SCHEMA_VERSION, Store
 
 
 @pytest.fixture
@@ -124,3 +126,50 @@ def test_a_rolled_back_transaction_is_not_on_disk(db_path: Path) -> None:
         assert again.get_meta("ghost") is None
     finally:
         again.close()
+
+
+def _wal_pages(db_path: Path) -> int:
+    wal = db_path.with_name(db_path.name + "-wal")
+    return wal.stat().st_size // 4096 if wal.exists() else 0
+
+
+def test_the_log_is_checkpointed_off_the_committing_thread(db_path: Path) -> None:
+    """Commits never run the checkpoint (and its fsync) themselves: the store's own
+    thread copies the log back once it passes the mark, and everything stays readable."""
+    store = Store(db_path)
+    store.execute("CREATE TABLE filler(n INTEGER, pad BLOB)")
+    rows = 0
+    while store.checkpoints == 0:
+        with store.transaction():
+            store.executemany("INSERT INTO filler VALUES(?, ?)",
+                              [(rows + i, bytes(2000)) for i in range(50)])
+        rows += 50
+        assert rows < 200_000, "no checkpoint after ~100,000 pages of log"
+    threads = {t.name for t in threading.enumerate()}
+    assert "knarr-checkpoint" in threads
+    store.close()
+    assert "knarr-checkpoint" not in {t.name for t in threading.enumerate()}
+    with contextlib.closing(Store(db_path)) as again:
+        assert again.execute("SELECT COUNT(*), MAX(n) FROM filler")[0] == (rows, rows - 1)
+
+
+def test_a_small_or_read_only_store_starts_no_checkpoint_thread(db_path: Path) -> None:
+    Store(db_path).close()
+    with contextlib.closing(Store(db_path)) as small, \
+            contextlib.closing(Store(db_path, readonly=True)) as reader:
+        small.set_meta("k", b"v")
+        assert small.checkpoints == reader.checkpoints == 0
+        assert _wal_pages(db_path) < CHECKPOINT_PAGES
+    assert "knarr-checkpoint" not in {t.name for t in threading.enumerate()}
+
+
+def test_upgrading_from_schema_4_drops_the_ledger_txn_index(db_path: Path) -> None:
+    db = apsw.Connection(str(db_path))
+    for version in range(4):
+        db.execute(MIGRATIONS[version])
+    db.execute("PRAGMA user_version=4")
+    db.close()
+    with contextlib.closing(Store(db_path)) as store:
+        indexes = {r[0] for r in store.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "ledger_account" in indexes and "ledger_txn" not in indexes
+        assert store.schema_version == SCHEMA_VERSION
