@@ -5,7 +5,8 @@ would), a floor server (a minimal asyncio echo with 4-byte length framing and no
 or sealing), and this script, which is the client of both. Measured, for each payload:
 
 * the floor: round trips over one connection with 1 and 64 requests in flight (the same
-  shape as Knarr's one multiplexed connection per provider), and over 64 connections;
+  shape as Knarr's one multiplexed connection per provider), and over 64 connections
+  with one request on each (the floor at concurrency 64 that the target refers to);
 * ``node.client.call(...)`` to the provider after one ``find_skills`` (no DHT in the
   loop), at concurrency 1 and 64: every request signed, verified, sealed and opened;
 * ``node.request(...)`` (a DHT lookup, then the call) at concurrency 1;
@@ -680,18 +681,25 @@ def table(results: dict[str, Any], payloads: list[int]) -> str:
 
 
 def verdict(results: dict[str, Any], payloads: list[int]) -> str:
-    floor64 = max(
-        (m for m in results["measurements"]
-         if m["impl"].startswith("floor") and m["concurrency"] == 64
-         and m["payload"] == payloads[0]),
-        key=lambda m: m["rps"],
-    )
+    """The issue's target compares Knarr at concurrency 64 with the floor at concurrency
+    64 as the issue describes it ("~61,000/s over 64": 64 connections, one request on
+    each). The floor pipelining 64 requests on one connection is faster still; its ratio
+    is printed beside it, stricter than the target."""
+    at64 = {m["impl"]: m for m in results["measurements"]
+            if m["impl"].startswith("floor") and m["concurrency"] == 64
+            and m["payload"] == payloads[0]}
     ours = find(results, "knarr client.call", payloads[0], 64)
-    share = ours["rps"] / floor64["rps"]
-    lines = [
-        f"Target: knarr at concurrency 64 >= 10 % of the best floor ({floor64['impl']}, "
-        f"{payloads[0]} B): {share:.1%} -> {'met' if share >= 0.10 else 'NOT met'}",
-    ]
+    lines = []
+    for impl, floor in sorted(at64.items(), key=lambda item: item[1]["connections"], reverse=True):
+        share = ours["rps"] / floor["rps"]
+        if floor["connections"] > 1:
+            lines.append(
+                f"Target: knarr at concurrency 64 >= 10 % of the floor at concurrency 64 "
+                f"({impl}, {payloads[0]} B): {share:.1%} -> {'met' if share >= 0.10 else 'NOT met'}"
+            )
+        else:
+            lines.append(f"  (stricter, not the target: {share:.1%} of the floor over one "
+                         "connection with 64 requests pipelined on it)")
     for c in results["cold"]:
         if " request " in c["command"]:
             ok = c["p50_ms"] < 1000 and not c["failures"]
