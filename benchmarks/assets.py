@@ -10,12 +10,19 @@ host):
 
 * upload: ``upload_file`` (signs an ``UNSIGNED-PAYLOAD`` PUT and streams the file, hashing
   it as it goes; the sidecar hashes it as it arrives, renames it into place and answers the
-  hash, which the client compares with its own) against an aiohttp ``PUT`` of the open file;
+  hash, which the client compares with its own) against an aiohttp ``PUT`` of the file read
+  in the same 256 KiB chunks on the loop;
 * download: ``download_file`` (signed ``GET``, hashed as it is written, renamed) against
   an aiohttp ``GET`` written to a file as it arrives.
 
+Every timed transfer writes a new file (the copies stored by an upload, and a download's
+file, are removed after it, outside the timing), so neither side pays for replacing or
+deleting an earlier copy while timed.
+
 Reported: the median MiB/s of ``--repeat`` transfers (default: enough to move ~500 MiB,
-2 to 30), ours/floor ratios, CPU seconds per GiB on each side, and the peak resident
+2 to 30), ours/floor ratios, CPU seconds per GiB on each side, the "hash bound" (the CPU
+ratio ours would have if it cost the floor plus only the SHA-256 passes the protocol
+requires, at the SHA-256 cost measured at the start of the run), and the peak resident
 memory (``VmHWM``, reset before each size and direction via ``/proc/<pid>/clear_refs``)
 of both servers and of the client (which runs both clients). Every temp file lives in
 one temporary folder that is removed at the end, also on Ctrl-C or SIGTERM; each size's
@@ -26,7 +33,8 @@ files are removed as soon as it is done.
 
 ``--profile DIR`` adds one extra upload and download of the largest size under cProfile
 on the sidecar and the client (not reported) and writes ``DIR/sidecar.prof`` and
-``DIR/client.prof``.
+``DIR/client.prof``; both count CPU time, not wall time (on a shared
+host a process waiting for a core would otherwise look busy).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,6 +111,28 @@ def cpu_seconds() -> float:
     return time.process_time()
 
 
+def sha256_cpu_s_per_gib() -> float:
+    """What SHA-256 alone costs here: CPU seconds per GiB (best of three 128 MiB runs
+    of 1 MiB updates)."""
+    import hashlib
+
+    block = memoryview(os.urandom(MiB))
+    best = math.inf
+    for _ in range(3):
+        digest = hashlib.sha256()
+        started = cpu_seconds()
+        for _ in range(128):
+            digest.update(block)
+        best = min(best, cpu_seconds() - started)
+    return best * 8
+
+
+HASHES = {"upload": 2, "download": 1}
+"""SHA-256 passes over the body that the protocol requires of ours and not of the floor:
+an upload is hashed by the client (which names the asset by it) and by the sidecar (which
+names the file by it); a download by the client only (the sidecar names files by hash)."""
+
+
 def knarr_location() -> str:
     import knarr
 
@@ -136,7 +166,7 @@ async def obey(commands: asyncio.StreamReader) -> None:
             reset_peak_rss()
             answer({"ok": True})
         elif verb == "profile-start":
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(time.process_time)
             profile.enable()
             answer({"ok": True})
         elif verb == "profile-stop" and profile is not None:
@@ -314,6 +344,8 @@ class Side:
     impl: str
     server: Child
     transfer: Transfer
+    cleanup: Transfer
+    """Run after each transfer, outside the timing: removes what it wrote."""
     seconds: list[float] = field(default_factory=list)
     client_cpu: float = 0.0
     server_cpu: float = 0.0
@@ -334,6 +366,7 @@ async def timed(side: Side) -> None:
     side.seconds.append(time.perf_counter() - started)
     side.client_cpu += time.process_time() - client_before
     side.server_cpu += side.server.ask("stats")["cpu_s"] - server_before
+    await side.cleanup()
 
 
 async def measure_pair(direction: str, size: int, repeat: int, *sides: Side) -> list[Block]:
@@ -369,15 +402,27 @@ async def measure_pair(direction: str, size: int, repeat: int, *sides: Side) -> 
     return blocks
 
 
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """The file in ``CHUNK``-sized reads on the loop, as ``upload_file`` reads it (minus
+    the hashing). Passing the open file as ``data=`` instead makes aiohttp read every
+    256 KiB chunk on an executor thread, which cost this client 0.6-1.0 CPU s/GiB
+    against 0.3-0.4 here (2026-12-06): a slower floor than plain aiohttp can be."""
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
 async def floor_upload(port: int, path: Path) -> str:
     import aiohttp
 
-    async with aiohttp.ClientSession() as s:
-        with path.open("rb") as f:
-            async with s.put(f"http://{HOST}:{port}/files", data=f) as r:
-                r.raise_for_status()
-                body = await r.json()
-    if body["size"] != path.stat().st_size:
+    size = path.stat().st_size
+    async with aiohttp.ClientSession() as s, s.put(
+        f"http://{HOST}:{port}/files", data=file_chunks(path),
+        headers={"Content-Length": str(size)},
+    ) as r:
+        r.raise_for_status()
+        body = await r.json()
+    if body["size"] != size:
         raise RuntimeError("the floor stored a different size")
     return str(body["name"])
 
@@ -424,18 +469,32 @@ async def measure_size(
 
         async def ours_down() -> None:
             await download_file(HOST, sidecar.port, digest, identity, dest)
-            dest.unlink()
 
         async def floor_down() -> None:
             await floor_download(floor.port, floor_name, dest)
+
+        async def ours_forget() -> None:
+            clear_folder(sidecar.folder)
+
+        async def floor_forget() -> None:
+            await floor_clear(floor.port)
+
+        async def forget_download() -> None:
             dest.unlink()
 
-        blocks += await measure_pair("upload", size, repeat, Side("floor", floor, floor_up),
-                                     Side("knarr", sidecar, ours_up))
+        # Each timed upload writes a new file on both servers (as a new asset does):
+        # the stored copies are removed between transfers, outside the timing, so that
+        # neither side pays for replacing or deleting the previous one.
+        blocks += await measure_pair(
+            "upload", size, repeat, Side("floor", floor, floor_up, floor_forget),
+            Side("knarr", sidecar, ours_up, ours_forget),
+        )
         if digest and floor_name:
+            await ours_up()
+            await floor_up()
             blocks += await measure_pair(
-                "download", size, repeat, Side("floor", floor, floor_down),
-                Side("knarr", sidecar, ours_down),
+                "download", size, repeat, Side("floor", floor, floor_down, forget_download),
+                Side("knarr", sidecar, ours_down, forget_download),
             )
     finally:
         source.unlink(missing_ok=True)
@@ -458,7 +517,7 @@ async def profiled_run(directory: Path, size: int, work: Path, sidecar: Child) -
     identity = Identity.generate()
     progress(f"profiling one {size_label(size)} upload and download (numbers not reported)")
     sidecar.ask("profile-start")
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.process_time)
     profile.enable()
     try:
         digest, _ = await upload_file(HOST, sidecar.port, source, identity)
@@ -493,6 +552,7 @@ async def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     with children(root, "sidecar", "floor") as (sidecar, floor):
         idle = {"sidecar": sidecar.ask("stats")["rss"], "floor": floor.ask("stats")["rss"],
                 "client": _rss()}
+        sha256 = sha256_cpu_s_per_gib()
         work = root / "client"
         work.mkdir()
         for size in args.sizes:
@@ -511,6 +571,7 @@ async def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "command": " ".join(["benchmarks/assets.py", *sys.argv[1:]]),
             "knarr": knarr,
             "idle_rss": idle,
+            "sha256_cpu_s_per_gib": sha256,
         },
         "blocks": [asdict(b) for b in blocks],
         "profiles": profiles,
@@ -521,8 +582,13 @@ async def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (size, direction): ours beside the floor, with the ratio."""
+    """One row per (size, direction): ours beside the floor, with the ratio.
+
+    ``hash_bound`` is the CPU ratio ours would have if it cost the floor's CPU plus only
+    the SHA-256 passes the protocol requires (``HASHES``, at this run's measured cost): the
+    best the ratio can be when client and sidecar share one core's worth of CPU."""
     found = {(b["impl"], b["direction"], b["size"]): b for b in results["blocks"]}
+    sha256 = results["meta"]["sha256_cpu_s_per_gib"]
     out = []
     sizes = sorted({b["size"] for b in results["blocks"]})
     for size in sizes:
@@ -531,14 +597,16 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             floor = found.get(("floor", direction, size))
             if ours is None or floor is None:
                 continue
+            floor_cpu = floor["client_cpu_s_per_gib"] + floor["server_cpu_s_per_gib"]
             out.append({
                 "size": size, "direction": direction, "repeat": ours["repeat"],
                 "knarr_mib_s": ours["mib_s"], "floor_mib_s": floor["mib_s"],
                 "ratio": ours["mib_s"] / floor["mib_s"],
                 "knarr_best_mib_s": ours["best_mib_s"], "floor_best_mib_s": floor["best_mib_s"],
                 "best_ratio": ours["best_mib_s"] / floor["best_mib_s"],
-                "cpu_ratio": (floor["client_cpu_s_per_gib"] + floor["server_cpu_s_per_gib"])
-                / (ours["client_cpu_s_per_gib"] + ours["server_cpu_s_per_gib"]),
+                "cpu_ratio": floor_cpu / (ours["client_cpu_s_per_gib"]
+                                          + ours["server_cpu_s_per_gib"]),
+                "hash_bound": floor_cpu / (floor_cpu + HASHES[direction] * sha256),
                 "knarr_server_peak": ours["server_peak_rss"],
                 "floor_server_peak": floor["server_peak_rss"],
                 "client_peak": max(ours["client_peak_rss"], floor["client_peak_rss"]),
@@ -554,14 +622,14 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def table(results: dict[str, Any]) -> str:
     header = ("size", "direction", "n", "knarr MiB/s", "floor MiB/s", "ratio", "best",
-              "CPU ratio", "sidecar peak", "floor peak", "client peak",
+              "CPU ratio", "hash bound", "sidecar peak", "floor peak", "client peak",
               "CPU s/GiB knarr c+s", "CPU s/GiB floor c+s")
     lines_: list[tuple[str, ...]] = [header]
     for r in rows(results):
         lines_.append((
             size_label(r["size"]), r["direction"], str(r["repeat"]),
             f"{r['knarr_mib_s']:,.0f}", f"{r['floor_mib_s']:,.0f}", f"{r['ratio']:.2f}",
-            f"{r['best_ratio']:.2f}", f"{r['cpu_ratio']:.2f}",
+            f"{r['best_ratio']:.2f}", f"{r['cpu_ratio']:.2f}", f"{r['hash_bound']:.2f}",
             f"{r['knarr_server_peak'] / MiB:.0f} MiB", f"{r['floor_server_peak'] / MiB:.0f} MiB",
             f"{r['knarr_client_peak'] / MiB:.0f} MiB",
             f"{r['knarr_client_cpu']:.2f}+{r['knarr_server_cpu']:.2f}",
@@ -583,7 +651,9 @@ def table(results: dict[str, Any]) -> str:
     out.append("")
     out.append("MiB/s: median of n transfers; ratio: of the medians; best: of the fastest "
                "transfers;\nCPU ratio: floor CPU / knarr CPU, client plus server (what the "
-               "ratio tends to when the host has no idle core).")
+               "ratio tends to when the host has no idle core);\nhash bound: the CPU ratio "
+               "if ours cost the floor plus only the SHA-256 passes it must make (SHA-256 "
+               f"here: {results['meta']['sha256_cpu_s_per_gib']:.2f} CPU s/GiB).")
     out.append(f"Idle RSS: sidecar {idle['sidecar'] / MiB:.0f} MiB, floor "
                f"{idle['floor'] / MiB:.0f} MiB, client {idle['client'] / MiB:.0f} MiB. "
                "Peaks are VmHWM, reset before each size and direction; the client runs "
