@@ -375,6 +375,10 @@ async def measure_pair(direction: str, size: int, repeat: int, *sides: Side) -> 
     opposite order: going first costs more (measured at 1 GiB downloads, two rounds: the
     side that always went first paid 0.45-0.98 client CPU s/GiB more than when it went
     second, which put the download ratio at 1.0-1.16)."""
+    for side in sides:  # one untimed round, so that neither side meets a cold machine first
+        with contextlib.suppress(Exception):
+            await side.transfer()
+            await side.cleanup()
     for side in sides:
         side.server.ask("reset-peak")
     reset_peak_rss()
