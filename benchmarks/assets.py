@@ -680,6 +680,11 @@ def verdict(results: dict[str, Any]) -> str:
         f"{worst['ratio']:.0%} ({worst['direction']}, {size_label(worst['size'])}) -> "
         f"{'met' if ok else 'NOT met'}"
     )
+    bound = min(table_rows, key=lambda r: r["hash_bound"])
+    lines_.append(
+        f"  (the hash bound, which caps the ratio when client and sidecar share a core: "
+        f"lowest {bound['hash_bound']:.0%}, {bound['direction']}, {size_label(bound['size'])})"
+    )
     largest = max(r["size"] for r in table_rows)
     big = [r for r in table_rows if r["size"] == largest]
     peak = max(max(r["knarr_server_peak"], r["knarr_client_peak"]) for r in big)
