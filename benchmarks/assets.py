@@ -50,7 +50,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,14 +57,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
+from children import Child, started  # benchmarks/children.py
 
 HOST = "127.0.0.1"
 MiB = 2**20
 CHUNK = 256 * 1024
 TRANSFER_TIMEOUT_S = 600.0
+CHILD_TIMEOUT_S = 120.0
 TARGET_RATIO = 0.70
 TARGET_PEAK = 100 * MiB
 BYTES_PER_SIZE = 500 * MiB
@@ -238,71 +239,19 @@ async def run_floor(folder: Path) -> None:
         await runner.cleanup()
 
 
-class Child:
-    """A server subprocess driven by lines on its stdin; it exits when stdin closes."""
+class Server(Child):
+    """A server child (``sidecar`` or ``floor``) with a folder of its own."""
 
     def __init__(self, role: str, folder: Path) -> None:
-        self.role = role
         folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--role", role, "--folder", str(folder)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
+        argv = [sys.executable, __file__, "--role", role, "--folder", str(folder)]
+        super().__init__(argv, name=role, timeout=CHILD_TIMEOUT_S)
         self.folder = folder
-        self.port = 0
-        self.hello: dict[str, Any] = {}
-
-    def _out(self) -> IO[str]:
-        assert self.proc.stdout is not None
-        return self.proc.stdout
-
-    def read(self) -> dict[str, Any]:
-        line = self._out().readline()
-        if not line:
-            raise RuntimeError(f"the {self.role} process exited (code {self.proc.poll()})")
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    def ready(self) -> None:
-        self.hello = self.read()
-        self.port = int(self.hello["port"])
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        """EOF on stdin, then SIGTERM, then SIGKILL, each given a few seconds."""
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        for escalate in (None, self.proc.terminate, self.proc.kill):
-            if escalate is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    escalate()
-            try:
-                self.proc.wait(timeout=5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
-@contextlib.contextmanager
-def children(root: Path, *roles: str) -> Iterator[list[Child]]:
-    started: list[Child] = []
-    try:
-        for role in roles:
-            started.append(Child(role, root / role))
-        for child in started:
-            child.ready()
-        yield started
-    finally:
-        for child in started:
-            child.close()
+def children(root: Path, *roles: str) -> contextlib.AbstractContextManager[list[Server]]:
+    """The named server processes, each with a folder under ``root``, ready."""
+    return started(lambda role: Server(role, root / role), roles)
 
 
 # ---------------------------------------------------------------- parent: transfers
@@ -452,7 +401,7 @@ async def floor_clear(port: int) -> None:
 
 
 async def measure_size(
-    size: int, repeat: int, work: Path, sidecar: Child, floor: Child,
+    size: int, repeat: int, work: Path, sidecar: Server, floor: Server,
 ) -> list[Block]:
     from knarr.node.identity import Identity
     from knarr.node.sidecar import download_file, upload_file
@@ -512,7 +461,7 @@ async def measure_size(
     return blocks
 
 
-async def profiled_run(directory: Path, size: int, work: Path, sidecar: Child) -> dict[str, str]:
+async def profiled_run(directory: Path, size: int, work: Path, sidecar: Server) -> dict[str, str]:
     from knarr.node.identity import Identity
     from knarr.node.sidecar import download_file, upload_file
 

@@ -41,10 +41,8 @@ import logging
 import math
 import os
 import platform
-import select
 import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,9 +51,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
+from children import Child, started  # benchmarks/children.py
 
 HOST = "127.0.0.1"
 SKILL = "echo"
@@ -194,75 +193,17 @@ async def run_floor() -> None:
 # ---------------------------------------------------------------- parent: children
 
 
-class Child:
-    """A server subprocess driven by lines on its stdin; it exits when stdin closes."""
-
-    def __init__(self, role: str, folder: str) -> None:
-        self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--role", role, "--folder", folder],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-        self.port = 0
-        self.hello: dict[str, Any] = {}
-
-    def _out(self) -> IO[str]:
-        assert self.proc.stdout is not None
-        return self.proc.stdout
-
-    def read(self) -> dict[str, Any]:
-        """The child's next answer (one JSON line per command)."""
-        ready, _, _ = select.select([self._out()], [], [], CHILD_TIMEOUT_S)
-        if not ready:
-            raise RuntimeError(f"the {self.role} process did not answer in {CHILD_TIMEOUT_S:g} s")
-        line = self._out().readline()
-        if not line:
-            raise RuntimeError(f"the {self.role} process exited (code {self.proc.poll()})")
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    def ready(self) -> None:
-        self.hello = self.read()
-        self.port = int(self.hello["port"])
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        """EOF on stdin, then SIGTERM, then SIGKILL, each given a few seconds."""
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        for escalate in (None, self.proc.terminate, self.proc.kill):
-            if escalate is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    escalate()
-            try:
-                self.proc.wait(timeout=5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @contextlib.contextmanager
 def children(*roles: str) -> Iterator[list[Child]]:
-    started: list[Child] = []
-    folder = tempfile.TemporaryDirectory(prefix="knarr-bench-")
-    try:
-        for role in roles:
-            started.append(Child(role, folder.name))
-        for child in started:
-            child.ready()
-        yield started
-    finally:
-        for child in started:
-            child.close()
-        folder.cleanup()
+    """The named server processes, sharing a temporary folder, ready."""
+    with tempfile.TemporaryDirectory(prefix="knarr-bench-") as folder:
+
+        def make(role: str) -> Child:
+            argv = [sys.executable, __file__, "--role", role, "--folder", folder]
+            return Child(argv, name=role, timeout=CHILD_TIMEOUT_S)
+
+        with started(make, roles) as running:
+            yield running
 
 
 # ------------------------------------------------------------------ parent: measuring
