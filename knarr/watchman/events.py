@@ -116,11 +116,21 @@ class EventLog:
     def emit(self, name: str, **fields: Value) -> WatchmanEvent:
         event = WatchmanEvent(name, tuple(fields.items()), self.clock())
         out = self.out if self.out is not None else sys.stdout
-        print(event.line(), file=out, flush=True)
+        say(event.line(), out)
         self.outbox.add(event)
         if self.on_event is not None:
             self.on_event(event)
         return event
+
+
+def say(text: str, out: TextIO | None = None) -> None:
+    """Print one line in one write. The watchman and the upgrade process it starts share
+    a stdout; ``print`` writes a line's text and its newline separately when Python's
+    output is unbuffered (``PYTHONUNBUFFERED``, common under service managers), and the
+    other process's line could land between the two."""
+    out = out if out is not None else sys.stdout
+    out.write(text + "\n")
+    out.flush()
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -12,7 +12,7 @@ import os
 from knarr.watchman import control
 from knarr.watchman.config import WatchmanConfig
 from knarr.watchman.errors import InstallError, WatchmanError
-from knarr.watchman.events import EventLog, Outbox
+from knarr.watchman.events import EventLog, Outbox, say
 from knarr.watchman.installs import Installs
 from knarr.watchman.lock import WatchmanLock, running_pid
 from knarr.watchman.plugins import install_plugin, load_plugins, manifest_path
@@ -49,19 +49,19 @@ async def upgrade(config: WatchmanConfig, tag: str | None) -> int:
     current = state.current
     if current is not None:
         if parse_version(release.version) == parse_version(current):
-            print(f"knarr {current} is already the active version")
+            say(f"knarr {current} is already the active version")
             return 0
         if tag is None and parse_version(release.version) < parse_version(current):
-            print(f"knarr {current} is newer than the latest release ({release.version}); "
+            say(f"knarr {current} is newer than the latest release ({release.version}); "
                   "nothing to do")
             return 0
     if tag is None and release.version in state.failed:
-        print(f"knarr {release.version} failed its health check here before; not trying it "
+        say(f"knarr {release.version} failed its health check here before; not trying it "
               f"again automatically (use --tag {release.tag} to insist)")
         return 0
     wheel = await source.fetch(release, config.state_dir / "downloads")
     checked = "SHA-256 verified" if release.checksums_location else "no checksums.txt published"
-    print(f"Fetched {wheel.name} from {source.name} ({checked})")
+    say(f"Fetched {wheel.name} from {source.name} ({checked})")
     fresh = not installs.is_installed(release.version)
     venv = await installs.install(release.version, wheel)
     try:
@@ -69,31 +69,31 @@ async def upgrade(config: WatchmanConfig, tag: str | None) -> int:
             if plugin.enabled:
                 version = await install_plugin(config, plugin, venv / "bin" / "python",
                                                token=github_token(config))
-                print(f"Installed plugin {plugin.name} {version} into knarr {release.version}")
+                say(f"Installed plugin {plugin.name} {version} into knarr {release.version}")
     except WatchmanError as exc:
         if fresh:
             installs.remove(release.version)
         raise InstallError(f"upgrade to {release.version} abandoned, the node is unchanged: "
                            f"{exc}") from None
-    print(f"Installed knarr {release.version} in {venv}")
+    say(f"Installed knarr {release.version} in {venv}")
     pid = running_pid(config.state_dir)
     if pid is not None:
         request_id = control.submit(config.state_dir, pid, "upgrade", release.version)
-        print(f"Switching the running node from {current or 'PATH'} to {release.version} "
-              f"(drain up to {config.upgrade.drain_timeout:g} s)...", flush=True)
+        say(f"Switching the running node from {current or 'PATH'} to {release.version} "
+              f"(drain up to {config.upgrade.drain_timeout:g} s)...")
         result = await control.wait_answer(config.state_dir, request_id, pid,
                                            _switch_timeout(config))
         if result.outcome == "success":
-            print(f"Upgraded to knarr {release.version}")
+            say(f"Upgraded to knarr {release.version}")
             return 0
-        print(f"Rolled back to {current or 'PATH'}: knarr {release.version} {result.detail}")
+        say(f"Rolled back to {current or 'PATH'}: knarr {release.version} {result.detail}")
         return 1
     with WatchmanLock(config.state_dir) as lock:
         lock.acquire("an upgrade")
         EventLog(Outbox(config.state_dir / "outbox")).emit(
             "UPGRADE_START", **{"from": current or "PATH", "to": release.version})
         installs.activate(release.version, verify=True)
-    print(f"Switched to knarr {release.version}; the next `knarr-watchman run` starts it and "
+    say(f"Switched to knarr {release.version}; the next `knarr-watchman run` starts it and "
           f"rolls back if it is not healthy within {config.upgrade.health_timeout:g} s")
     return 0
 
@@ -121,5 +121,5 @@ async def rollback(config: WatchmanConfig) -> int:
                 "UPGRADE_ROLLBACK", **{"from": state.current or "PATH", "to": state.previous},
                 reason="operator")
             installs.activate(state.previous, verify=False)
-    print(f"Rolled back from {state.current or 'PATH'} to knarr {state.previous}")
+    say(f"Rolled back from {state.current or 'PATH'} to knarr {state.previous}")
     return 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from knarr.watchman.config import RecoveryConfig
-from knarr.watchman.events import EventLog, Outbox, WatchmanEvent
+from knarr.watchman.events import EventLog, Outbox, WatchmanEvent, say
 from knarr.watchman.recovery import GiveUp, Restart, RestartBudget, backoff_for
 from knarr.watchman.releases import parse_checksums
 from knarr.watchman.vault import base58
@@ -92,6 +93,30 @@ def test_outbox_keeps_order_and_drops_the_oldest_past_its_limit(
     assert len(outbox.pending()) == 3
     path, body = outbox.pending()[0]
     assert json.loads(path.read_text()) == body
+
+
+class _Writes(io.StringIO):
+    """A stream that remembers each write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_event_and_progress_lines_are_written_whole(tmp_path: Path) -> None:
+    """The watchman and the upgrade process it starts share a stdout; with unbuffered
+    output each write reaches it at once, so a line split in two writes could be cut
+    by the other process's line (seen as "...drain up to 10 s)...UPGRADE_START ...")."""
+    out = _Writes()
+    EventLog(Outbox(tmp_path / "outbox"), out=out, clock=lambda: 5.0).emit(
+        "UPGRADE_START", to="0.2.0")
+    say("Switching the running node (drain up to 10 s)...", out)
+    assert out.calls == ["UPGRADE_START to=0.2.0\n",
+                         "Switching the running node (drain up to 10 s)...\n"]
 
 
 def test_checksums_and_base58() -> None:
