@@ -3,9 +3,12 @@
 Every module that persists something owns its tables through a migration here, so the
 schema history of a database is readable in one list.
 
-The write-ahead log is copied back into the database (checkpointed) by a thread of the
-store's own, not inside whichever commit happens to cross SQLite's threshold: that copy
-ends in an fsync, and the commit runs on the node's event loop.
+The write-ahead log is copied back into the database (checkpointed) mostly by a thread of
+the store's own, not inside whichever commit happens to cross SQLite's threshold: that
+copy ends in an fsync, and the commit runs on the node's event loop. The log can only
+start over once a checkpoint has caught up with every commit, which a background
+checkpoint never does while commits keep coming; so past :data:`INLINE_PAGES` the
+writer checkpoints the few pages left itself, between two transactions.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from knarr.errors import StorageError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PAGES = 1000
-"""Checkpoint once the log holds this many pages (SQLite's own default threshold)."""
+"""Wake the checkpoint thread for every this many new pages of log (SQLite's own
+threshold for checkpointing)."""
+INLINE_PAGES = 4 * CHECKPOINT_PAGES
+"""Past this many pages the writer checkpoints after its commit, so the log starts over
+(the thread has copied most of it by then) and stays bounded (~16 MiB)."""
 
 # Each entry upgrades the schema by one version; never edit a released entry, append.
 MIGRATIONS: tuple[str, ...] = (
@@ -213,12 +220,27 @@ class Store:
         """All statements inside commit together or not at all."""
         with self._db:
             yield self
+        if self._checkpointer is not None and self._checkpointer.inline_due:
+            self._checkpoint_inline()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._db.execute(sql, params))
+        rows = list(self._db.execute(sql, params))
+        if (self._checkpointer is not None and self._checkpointer.inline_due
+                and self._db.in_transaction is False):
+            self._checkpoint_inline()
+        return rows
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
+
+    def _checkpoint_inline(self) -> None:
+        assert self._checkpointer is not None
+        self._checkpointer.inline_due = False
+        try:
+            self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            self._checkpointer.inline += 1
+        except apsw.BusyError:
+            pass  # the thread is checkpointing right now; the next commit asks again
 
     def changes(self) -> int:
         """Rows changed by the last statement (0 after an ``INSERT OR IGNORE`` that
@@ -241,9 +263,12 @@ class Store:
         )
 
     @property
-    def checkpoints(self) -> int:
-        """Checkpoints the store's thread has made (0 for an in-memory or read-only one)."""
-        return self._checkpointer.done if self._checkpointer is not None else 0
+    def checkpoints(self) -> tuple[int, int]:
+        """Checkpoints made so far by the store's thread and by the writer itself
+        (``(0, 0)`` for an in-memory or read-only store)."""
+        if self._checkpointer is None:
+            return (0, 0)
+        return (self._checkpointer.done, self._checkpointer.inline)
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -261,11 +286,24 @@ class _Checkpointer:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._next = CHECKPOINT_PAGES
+        self._pages = 0
+        self.inline_due = False
+        """Set when the log has passed :data:`INLINE_PAGES`: the writer's turn."""
         self.done = 0
+        self.inline = 0
 
     def hook(self, _connection: apsw.Connection, _name: str, pages: int) -> int:
-        """SQLite's WAL hook: called after every commit with the log's length in pages."""
-        if pages >= CHECKPOINT_PAGES and not self._stopping:
+        """SQLite's WAL hook: called after every commit with the log's length in pages.
+        Wakes the thread once per :data:`CHECKPOINT_PAGES` new pages, not on every commit
+        past the mark (each wake costs the committing thread a GIL hand-over)."""
+        if pages < self._pages:  # the log started over
+            self._next = CHECKPOINT_PAGES
+        self._pages = pages
+        if pages >= INLINE_PAGES:
+            self.inline_due = True
+        if pages >= self._next and not self._stopping:
+            self._next = pages + CHECKPOINT_PAGES
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="knarr-checkpoint", daemon=True

@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 from knarr.errors import StorageError
-from knarr.node.store import CHECKPOINT_PAGES, MIGRATIONS, SCHEMA_VERSION, Store
+from knarr.node.store import CHECKPOINT_PAGES, INLINE_PAGES, MIGRATIONS, SCHEMA_VERSION, Store
 
 
 @pytest.fixture
@@ -133,20 +133,29 @@ def _wal_pages(db_path: Path) -> int:
     return wal.stat().st_size // 4096 if wal.exists() else 0
 
 
-def test_the_log_is_checkpointed_off_the_committing_thread(db_path: Path) -> None:
-    """Commits never run the checkpoint (and its fsync) themselves: the store's own
-    thread copies the log back once it passes the mark, and everything stays readable."""
+def test_the_log_is_checkpointed_off_the_committing_thread_and_stays_bounded(
+    db_path: Path,
+) -> None:
+    """Commits never run the bulk of a checkpoint (and its fsync) themselves: the store's
+    own thread copies the log back as it grows. Under a steady stream of commits that
+    copy never catches up with the newest one, so past INLINE_PAGES the writer finishes
+    the job between two transactions and the log starts over instead of growing."""
     store = Store(db_path)
     store.execute("CREATE TABLE filler(n INTEGER, pad BLOB)")
     rows = 0
-    while store.checkpoints == 0:
+    largest = 0
+    while store.checkpoints[1] < 3:
         with store.transaction():
             store.executemany("INSERT INTO filler VALUES(?, ?)",
                               [(rows + i, bytes(2000)) for i in range(50)])
         rows += 50
-        assert rows < 200_000, "no checkpoint after ~100,000 pages of log"
-    threads = {t.name for t in threading.enumerate()}
-    assert "knarr-checkpoint" in threads
+        largest = max(largest, _wal_pages(db_path))
+        assert rows < 400_000, f"no inline checkpoint after {rows} rows"
+    background, inline = store.checkpoints
+    assert background >= 1 and inline >= 3
+    assert "knarr-checkpoint" in {t.name for t in threading.enumerate()}
+    # Each inline checkpoint let the log start over: it never grew far past the mark.
+    assert largest < 2 * INLINE_PAGES + 100
     store.close()
     assert "knarr-checkpoint" not in {t.name for t in threading.enumerate()}
     with contextlib.closing(Store(db_path)) as again:
@@ -158,7 +167,7 @@ def test_a_small_or_read_only_store_starts_no_checkpoint_thread(db_path: Path) -
     with contextlib.closing(Store(db_path)) as small, \
             contextlib.closing(Store(db_path, readonly=True)) as reader:
         small.set_meta("k", b"v")
-        assert small.checkpoints == reader.checkpoints == 0
+        assert small.checkpoints == reader.checkpoints == (0, 0)
         assert _wal_pages(db_path) < CHECKPOINT_PAGES
     assert "knarr-checkpoint" not in {t.name for t in threading.enumerate()}
 
