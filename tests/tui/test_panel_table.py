@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
@@ -119,3 +120,68 @@ async def test_redrawn_cells_read_back_and_sort_like_updated_ones() -> None:
         plain.sort("score", key=_sort_key)
         assert order(batch) == order(plain)
         await pilot.pause()
+
+
+
+class BesideDataTable(App[None]):
+    """A panel table and Textual's own table, the same size, side by side."""
+
+    def compose(self) -> ComposeResult:
+        yield PanelTable(id="batch", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="plain", cursor_type="row", zebra_stripes=True)
+
+    CSS = "DataTable { height: 12; }"
+
+
+@pytest.mark.parametrize("width", [None, 9])
+async def test_lines_match_datatable_as_rows_shift(width: int | None) -> None:
+    """Lines kept by row (and stamped again for the mouse when the row moved) are what
+    ``DataTable`` draws, with set column widths (drawn here) and measured ones."""
+    app = BesideDataTable()
+    async with app.run_test(size=(60, 30)) as pilot:
+        batch = app.query_one("#batch", PanelTable)
+        plain: DataTable[Cell] = app.query_one("#plain", DataTable)
+        for table in (batch, plain):
+            for column in COLUMNS:
+                table.add_column(column, key=column, width=width)
+        app.set_focus(None)
+
+        def add(key: str, name: Cell, score: Cell) -> None:
+            batch.add_row(name, score, key=key)
+            plain.add_row(name, score, key=key)
+
+        def sort(column: str) -> None:
+            reverse = column == "score"
+            batch.sort_by_column(column, reverse=reverse)
+            plain.sort(column, key=_sort_key, reverse=reverse)
+
+        async def lines_match() -> None:
+            await pilot.pause()
+            assert batch.size == plain.size and batch.virtual_size == plain.virtual_size
+            for table in (batch, plain):
+                table._pseudo_class_state = table.get_pseudo_class_state()
+            for y in range(batch.size.height):
+                drawn = batch._render_line(y, 0, batch.size.width, batch.rich_style)
+                assert list(drawn) == list(plain._render_line(y, 0, plain.size.width,
+                                                              plain.rich_style))
+
+        for i in range(20):
+            add(f"r{i}", Cell("abc"[i % 3], "abc"[i % 3]), Cell(str(i), float(i)))
+        sort("score")
+        await lines_match()
+        for i in range(20, 25):  # rows arrive on top, moving every row down
+            add(f"r{i}", Cell("new", "new", style="red"),
+                Cell(str(i), float(i), justify="right", style="dim"))
+            sort("score")
+            await lines_match()
+        for table in (batch, plain):
+            table.update_cell("r10", "name", Cell("changed", "changed"))
+            table.move_cursor(row=4)
+            table.hover_coordinate = table.cursor_coordinate
+        await lines_match()
+        batch.remove_rows(["r24", "r23", "r0"])
+        for key in ("r24", "r23", "r0"):
+            plain.remove_row(key)
+        await lines_match()
+        sort("name")
+        await lines_match()

@@ -7,8 +7,9 @@ row is never thrown back to the top by a refresh.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Self
+from collections.abc import Callable, Iterable, Iterator
+from itertools import count
+from typing import Any, NamedTuple, Self
 
 from rich.segment import Segment
 from rich.style import Style
@@ -20,7 +21,10 @@ from textual.app import ComposeResult
 from textual.cache import LRUCache
 from textual.containers import Vertical
 from textual.coordinate import Coordinate
+from textual.geometry import Region, Size
 from textual.message import Message
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import CellDoesNotExist, CellKey, ColumnKey, RowKey
 from textual.widgets.data_table import Row as TableRow
@@ -109,6 +113,42 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, 0) if sort_value is None else (0, sort_value)
 
 
+class _OneLineOffsets:
+    """``DataTable._y_offsets`` for a table whose rows are all one line high: line ``y``
+    is row ``y``, looked up when asked instead of listed after every change."""
+
+    def __init__(self, table: PanelTable) -> None:
+        self._locations = table._row_locations
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def __getitem__(self, y: int) -> tuple[RowKey, int]:
+        row_key = self._locations.get_key(y)
+        if row_key is None:
+            raise IndexError(y)
+        return row_key, 0
+
+    def __iter__(self) -> Iterator[tuple[RowKey, int]]:
+        return (self[y] for y in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, _OneLineOffsets)) \
+            else NotImplemented
+
+    def clear(self) -> None:
+        """Nothing is kept (``DataTable.clear`` clears its list)."""
+
+
+class _DrawnLine(NamedTuple):
+    """A row's line as drawn at ``row_index``, and the mouse meta of its segments
+    (column, out of bounds), to stamp it at another index."""
+
+    strip: Strip
+    row_index: int
+    segments: list[tuple[str, Style | None, Any, tuple[int, bool] | None]]
+
+
 class PanelTable(DataTable[Cell]):
     """The table of one panel, with the batch operations a live panel needs.
 
@@ -127,7 +167,39 @@ class PanelTable(DataTable[Cell]):
         self._drawn_cells: LRUCache[tuple[Any, ...], list[list[tuple[Segment, bool]]]] = (
             LRUCache(4096))  # before DataTable's init: its watchers clear caches
         self._one_line_rows = True
+        self._drawn_lines: LRUCache[tuple[Any, ...], _DrawnLine] = LRUCache(1024)
+        self._row_versions: dict[RowKey, int] = {}
+        self._versions = count()
+        self._where: dict[tuple[int, int, bool], Style] = {}
+        self._row_styles: dict[tuple[int, Style], Style] = {}
+        self._widths: tuple[int, tuple[int, ...]] = (-1, ())
         super().__init__(*args, **kwargs)
+
+    def _stamp(self, row_index: int, column_index: int, outside: bool = False) -> Style:
+        """The mouse meta ``DataTable`` puts in a cell's style (which row and column)."""
+        where = self._where
+        mark = where.get((row_index, column_index, outside))
+        if mark is None:
+            if len(where) > 4096:
+                where.clear()
+            meta: dict[str, Any] = {"row": row_index, "column": column_index}
+            if outside:
+                meta["out_of_bounds"] = True
+            mark = where[(row_index, column_index, outside)] = Style.from_meta(meta)
+        return mark
+
+    def _column_widths(self) -> tuple[int, ...]:
+        """Each column's width with its padding, in order (kept until the table changes)."""
+        if self._widths[0] != self._update_count:
+            self._widths = (self._update_count,
+                            tuple(c.get_render_width(self) for c in self.ordered_columns))
+        return self._widths[1]
+
+    def _plain_rows(self) -> bool:
+        """Every row is one line, with no label, fixed row or fixed column: the rows
+        this table draws itself."""
+        return (self._one_line_rows and not self.fixed_rows and not self.fixed_columns
+                and not (self._labelled_row_exists and self.show_row_labels))
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
                      cursor: bool = False, hover: bool = False) -> SegmentLines:
@@ -155,17 +227,108 @@ class PanelTable(DataTable[Cell]):
                       for seg in line] for line in lines]
             self._drawn_cells.set(key, drawn)
             return lines
-        where = Style.from_meta({"row": row_index, "column": column_index})
+        where = self._stamp(row_index, column_index)
         return [[Segment(seg.text, (seg.style or Style()) + where, seg.control) if stamped
                  else seg for seg, stamped in line] for line in drawn]
 
+    def _get_row_style(self, row_index: int, base_style: Style) -> Style:
+        """``DataTable._get_row_style``, kept per zebra stripe (it computes the component
+        style from every ancestor's styles each time)."""
+        if row_index < max(0, self.fixed_rows):
+            return super()._get_row_style(row_index, base_style)
+        key = (row_index % 2 if self.zebra_stripes else 0, base_style)
+        style = self._row_styles.get(key)
+        if style is None:
+            style = self._row_styles[key] = super()._get_row_style(row_index, base_style)
+        return style
+
+    def _render_line_in_row(self, row_key: RowKey, line_no: int, base_style: Style,
+                            cursor_location: Coordinate, hover_location: Coordinate,
+                            ) -> tuple[SegmentLines, SegmentLines]:
+        """``DataTable._render_line_in_row`` for a plain row with a row cursor, without
+        its per-call style and column lookups."""
+        row_index = self._row_locations.get(row_key)
+        if (row_index is None or line_no or self.cursor_type != "row"
+                or not self._plain_rows()):
+            return super()._render_line_in_row(row_key, line_no, base_style,
+                                               cursor_location, hover_location)
+        row_style = self._get_row_style(row_index, base_style)
+        cursor = cursor_location.row == row_index
+        hover = hover_location.row == row_index
+        render_cell = self._render_cell
+        widths = self._column_widths()
+        scrollable = [render_cell(row_index, column_index, row_style, width, cursor, hover)[0]
+                      for column_index, width in enumerate(widths)]
+        remaining = max(0, self.size.width - sum(widths) - self._row_label_column_width)
+        extend_style, _ = self._get_styles_to_render_cell(
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            False, False)
+        extend_style = row_style + extend_style + self._stamp(row_index, 0, True)
+        scrollable.append([Segment(" " * remaining, extend_style)])
+        return [], scrollable
+
+    def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
+        """A line drawn as ``DataTable`` draws it, reused by row rather than by position.
+
+        ``DataTable`` keys its drawn lines by ``y`` and by its change counter, so a row
+        arriving on top (or any change) draws every visible line again through Rich.
+        Here a row's line is kept by the row's key and content version, and by what
+        else styles it (zebra parity, cursor, hover, focus, widths); a row drawn at
+        another place gets only its mouse meta (the row index) stamped again."""
+        header = self.header_height if self.show_header else 0
+        row_index = y - header
+        if row_index < 0 or not self._plain_rows():
+            return super()._render_line(y, x1, x2, base_style)
+        row_key = self._row_locations.get_key(row_index)
+        if row_key is None:
+            return Strip.blank(self.size.width, base_style)
+        cursor, hover = self.cursor_coordinate, self.hover_coordinate
+        key = (row_key, self._row_versions.get(row_key), row_index % 2 if self.zebra_stripes
+               else 0, cursor.row == row_index, hover.row == row_index, x1, x2,
+               self.size.width, base_style, self.cursor_type, self.show_cursor,
+               self._show_hover_cursor, self._pseudo_class_state,
+               self.cursor_foreground_priority, self.cursor_background_priority,
+               self._column_widths(), self._row_label_column_width)
+        drawn = self._drawn_lines.get(key)
+        if drawn is None:
+            strip = super()._render_line(y, x1, x2, base_style)
+            segments: list[tuple[str, Style | None, Any, tuple[int, bool] | None]] = []
+            for segment in strip:
+                text, style, control = segment
+                if style is None or not style._meta:
+                    segments.append((text, style, control, None))
+                    continue
+                meta = style.meta
+                if meta.keys() - {"row", "column", "out_of_bounds"}:
+                    return strip  # a meta this cannot stamp again: not kept
+                segments.append((text, style.clear_meta_and_links(), control,
+                                 (meta.get("column", 0), bool(meta.get("out_of_bounds")))))
+            self._drawn_lines.set(key, _DrawnLine(strip, row_index, segments))
+            return strip
+        if drawn.row_index == row_index:
+            return drawn.strip
+        stamp = self._stamp
+        stamped = [Segment(text, style, control) if meta is None
+                   else Segment(text, (style or Style()) + stamp(row_index, *meta), control)
+                   for text, style, control, meta in drawn.segments]
+        return Strip(stamped, drawn.strip.cell_length)
+
     def _clear_caches(self) -> None:
         super()._clear_caches()
-        self._drawn_cells.clear()
+        self._forget_drawn()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
+        self._forget_drawn()
+
+    def _forget_drawn(self) -> None:
         self._drawn_cells.clear()
+        self._drawn_lines.clear()
+        self._row_styles.clear()
+
+    def _changed(self, row_key: RowKey) -> None:
+        """Row ``row_key``'s content changed: its kept line is stale."""
+        self._row_versions[row_key] = next(self._versions)
 
     @property
     def ordered_rows(self) -> list[TableRow]:
@@ -179,21 +342,65 @@ class PanelTable(DataTable[Cell]):
         return ordered
 
     @property
-    def _y_offsets(self) -> list[tuple[RowKey, int]]:
+    def _y_offsets(self) -> Any:
         """``DataTable._y_offsets`` (each line's row and line in it): here every row is
         one line."""
         if not self._one_line_rows:
             return super()._y_offsets
-        offsets = self._offset_cache.get(self._update_count)
-        if offsets is None:
-            offsets = [(row.key, 0) for row in self.ordered_rows]
-            self._offset_cache[self._update_count] = offsets
-        return offsets
+        return _OneLineOffsets(self)
+
+    @property
+    def _total_row_height(self) -> int:
+        return self.row_count if self._one_line_rows else super()._total_row_height
+
+    def _get_row_region(self, row_index: int) -> Region:
+        """``DataTable._get_row_region`` without summing the heights of the rows above."""
+        if not self._one_line_rows or not self.is_valid_row_index(row_index):
+            return super()._get_row_region(row_index)
+        width = (sum(column.get_render_width(self) for column in self.columns.values())
+                 + self._row_label_column_width)
+        return Region(0, row_index + (self.header_height if self.show_header else 0),
+                      max(self.size.width, width), 1)
+
+    def _get_cell_region(self, coordinate: Coordinate) -> Region:
+        """``DataTable._get_cell_region`` without summing the heights of the rows above."""
+        if not self._one_line_rows or not self.is_valid_coordinate(coordinate):
+            return super()._get_cell_region(coordinate)
+        row_index, column_index = coordinate
+        columns = self.ordered_columns
+        x = (sum(column.get_render_width(self) for column in columns[:column_index])
+             + self._row_label_column_width)
+        return Region(x, row_index + (self.header_height if self.show_header else 0),
+                      columns[column_index].get_render_width(self), 1)
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        """``DataTable._update_dimensions``, without measuring every new cell when each
+        column has a set width, and without laying out the screen when only the number
+        of rows changed: the stylesheet sets the table's height, so more or fewer rows
+        change only how far it scrolls (each peer joining or leaving laid out the whole
+        screen)."""
+        rows = self.rows
+        if (not self._plain_rows() or any(c.auto_width for c in self.columns.values())
+                or any(rows[k].label is not None for k in new_rows if k in rows)):
+            super()._update_dimensions(new_rows)  # measures the new rows' cells
+            return
+        size = Size(sum(self._column_widths()) + self._row_label_column_width,
+                    self.row_count + (self.header_height if self.show_header else 0))
+        if size == self.virtual_size:
+            return
+        height = self.styles.height
+        if size.width != self.virtual_size.width or height is None or height.is_auto:
+            self.virtual_size = size
+            return
+        self.set_reactive(Widget.virtual_size, size)
+        self._scroll_update(size)
+        self.refresh()
 
     def add_row(self, *cells: Cell, height: int | None = 1, key: str | None = None,
                 label: TextType | None = None) -> RowKey:
         self._one_line_rows = self._one_line_rows and height == 1
         row_key = super().add_row(*cells, height=height, key=key, label=label)
+        self._changed(row_key)
         if self._key_column is not None:
             self._sort_keys[row_key] = _sort_key(self._data[row_key][self._key_column])
         return row_key
@@ -201,12 +408,14 @@ class PanelTable(DataTable[Cell]):
     def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Cell,
                     *, update_width: bool = False) -> None:
         super().update_cell(row_key, column_key, value, update_width=update_width)
+        row_key = RowKey(row_key) if isinstance(row_key, str) else row_key
+        self._changed(row_key)
         if self._key_column is not None and column_key == self._key_column:
-            self._sort_keys[RowKey(row_key) if isinstance(row_key, str) else row_key] = (
-                _sort_key(value))
+            self._sort_keys[row_key] = _sort_key(value)
 
     def clear(self, columns: bool = False) -> Self:
         self._sort_keys.clear()
+        self._row_versions.clear()
         self._one_line_rows = True
         return super().clear(columns)
 
@@ -226,6 +435,7 @@ class PanelTable(DataTable[Cell]):
             del self.rows[row_key]
             del self._data[row_key]
             self._sort_keys.pop(row_key, None)
+            self._row_versions.pop(row_key, None)
             self._new_rows.discard(row_key)
         if then_sort is not None:
             self._order_by(*then_sort)
@@ -252,6 +462,7 @@ class PanelTable(DataTable[Cell]):
         for row_key, column, value in cells:
             column_key = ColumnKey(column)
             self._data[row_key][column_key] = value
+            self._changed(row_key)
             if column_key == self._key_column:
                 self._sort_keys[row_key] = _sort_key(value)
             places.append((row_key, column_key))
@@ -528,12 +739,14 @@ class PanelView(Vertical):
             empty = f"nothing matches “{self.filter}” (Esc clears the filter)"
         else:
             empty = self.panel.empty
-        # Static.update lays the screen out again even for the same text.
+        # Static.update lays the screen out again even for the same text, so the empty
+        # state is set only when its own text changes (not with each row count).
         if (title, subtitle, empty) != self._titles:
+            if self._titles is None or empty != self._titles[2]:
+                self.query_one(".empty", Static).update(empty)
             self._titles = (title, subtitle, empty)
             self.border_title = title
             self.border_subtitle = subtitle
-            self.query_one(".empty", Static).update(empty)
         self.set_class(shown == 0, "-empty")
 
     def _summary(self) -> str:
