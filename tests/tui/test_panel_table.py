@@ -19,17 +19,17 @@ COLUMNS = ("name", "score")
 class TwoTables(App[None]):
     def compose(self) -> ComposeResult:
         yield PanelTable(id="batch")
-        yield PanelTable(id="plain")
+        yield DataTable(id="plain")
 
 
-def fill(table: PanelTable, rows: list[tuple[str, str, float | None]]) -> None:
+def fill(table: DataTable[Cell], rows: list[tuple[str, str, float | None]]) -> None:
     for column in COLUMNS:
         table.add_column(column, key=column)
     for key, name, score in rows:
         table.add_row(Cell(name, name), Cell(str(score), score), key=key)
 
 
-def order(table: PanelTable) -> list[Any]:
+def order(table: DataTable[Cell]) -> list[Any]:
     return [(row.key.value, *table.get_row(row.key)) for row in table.ordered_rows]
 
 
@@ -39,10 +39,11 @@ async def test_batch_removal_and_kept_sort_keys_match_datatable() -> None:
             for i in range(300)]
     app = TwoTables()
     async with app.run_test() as pilot:
-        batch, plain = app.query_one("#batch", PanelTable), app.query_one("#plain", PanelTable)
+        batch = app.query_one("#batch", PanelTable)
+        plain: DataTable[Cell] = app.query_one("#plain", DataTable)
         fill(batch, rows)
         fill(plain, rows)
-        for step in range(6):
+        for step in range(12):
             column, reverse = COLUMNS[step % 2], step % 3 == 0
             batch.sort_by_column(column, reverse=reverse)
             plain.sort(column, key=_sort_key, reverse=reverse)
@@ -109,7 +110,8 @@ async def test_keys_on_screen_follow_the_scroll() -> None:
 async def test_redrawn_cells_read_back_and_sort_like_updated_ones() -> None:
     app = TwoTables()
     async with app.run_test() as pilot:
-        batch, plain = app.query_one("#batch", PanelTable), app.query_one("#plain", PanelTable)
+        batch = app.query_one("#batch", PanelTable)
+        plain: DataTable[Cell] = app.query_one("#plain", DataTable)
         rows = [(f"r{i}", "a", float(i)) for i in range(10)]
         fill(batch, rows)
         fill(plain, rows)
@@ -185,3 +187,31 @@ async def test_lines_match_datatable_as_rows_shift(width: int | None) -> None:
         await lines_match()
         sort("name")
         await lines_match()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_new_rows_placed_one_by_one_match_a_full_sort(reverse: bool) -> None:
+    """A few rows added between sorts are each put in place (after their ties) instead
+    of sorting the table again: the order is the one ``DataTable.sort`` makes."""
+    rng = random.Random(11)
+    app = TwoTables()
+    async with app.run_test() as pilot:
+        batch = app.query_one("#batch", PanelTable)
+        plain: DataTable[Cell] = app.query_one("#plain", DataTable)
+        rows = [(f"r{i}", "a", rng.choice([None, 1.0, 2.0, 3.0])) for i in range(200)]
+        fill(batch, rows)
+        fill(plain, rows)
+        for step in range(30):
+            batch.sort_by_column("score", reverse=reverse)
+            plain.sort("score", key=_sort_key, reverse=reverse)
+            assert order(batch) == order(plain)
+            for i in range(rng.randint(0, 6)):
+                score = rng.choice([None, 0.5, 1.0, 2.0, 3.0, 9.0])
+                cells = (Cell("b", "b"), Cell(str(score), score))
+                batch.add_row(*cells, key=f"n{step}-{i}")
+                plain.add_row(*cells, key=f"n{step}-{i}")
+            gone = rng.sample([str(r.key.value) for r in plain.ordered_rows], 3)
+            batch.remove_rows(gone)
+            for key in gone:
+                plain.remove_row(key)
+        await pilot.pause()

@@ -245,3 +245,27 @@ async def test_the_console_leaves_when_its_stop_event_is_set() -> None:
     stop.set()
     feed = RecordedFeed(list(RecordedFeed.demo().items))
     await asyncio.wait_for(run_console_async(feed=feed, stop=stop, headless=True), 10)
+
+
+async def test_what_is_drawn_follows_live_changes() -> None:
+    """The screen itself (not only the widgets): a new peer's row and the new count in
+    the panel's border, drawn from kept lines and a repainted border line."""
+    app = recorded_console()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        peers = panel(app)
+
+        def screen() -> list[str]:
+            return [strip.text for strip in app.screen._compositor.render_strips()]
+
+        count = len(app.model.rows["peers"])
+        assert any(f"Peers · {count}" in line for line in screen())
+        newcomer = "00" + "ab" * 31
+        app._show(app.model.apply("peer.added", {"node_id": newcomer, "host": "10.1.2.3",
+                                                 "port": 4000, "bucket": 0},
+                                  at=app.clock()))
+        await until(pilot, lambda: not peers.behind)
+        await pilot.pause()
+        drawn = screen()
+        assert any(f"Peers · {count + 1}" in line for line in drawn)
+        assert any(newcomer[:12] in line and "10.1.2.3:4000" in line for line in drawn)

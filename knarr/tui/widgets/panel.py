@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from itertools import count
+from operator import attrgetter
 from typing import Any, NamedTuple, Self
 
 from rich.segment import Segment
@@ -113,6 +114,67 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, 0) if sort_value is None else (0, sort_value)
 
 
+class _RowOrder(TwoWayDict[RowKey, int]):
+    """``DataTable._row_locations`` (row key ↔ row index) as a list of the keys in order.
+
+    ``TwoWayDict`` holds two dicts keyed by ``RowKey``, whose hash is Python code: every
+    re-sort or removal rebuilt both, at thousands of rows most of a burst's time. Here
+    index → key is the list, and key → index a dict of the keys' strings (C hashing),
+    built when first asked for after a change (appending keeps it)."""
+
+    def __init__(self, keys: Iterable[RowKey] = ()) -> None:
+        self.keys: list[RowKey] = list(keys)
+        self._index: dict[Any, int] | None = None
+
+    def _positions(self) -> dict[Any, int]:
+        if self._index is None:
+            self._index = dict(zip(map(attrgetter("value"), self.keys),
+                                   range(len(self.keys)), strict=True))
+        return self._index
+
+    def changed(self) -> None:
+        """The list was reordered or cut in place."""
+        self._index = None
+
+    def __setitem__(self, key: RowKey, index: int) -> None:
+        if key in self:
+            del self[key]
+        if index == len(self.keys):
+            self.keys.append(key)
+            if self._index is not None:
+                self._index[key.value] = index
+        else:
+            self.keys.insert(index, key)
+            self._index = None
+
+    def __delitem__(self, key: RowKey | str) -> None:
+        del self.keys[self._positions()[_value(key)]]
+        self._index = None
+
+    def __iter__(self) -> Iterator[RowKey]:
+        return iter(list(self.keys))
+
+    def get(self, key: RowKey | str) -> int | None:
+        return self._positions().get(_value(key))
+
+    def get_key(self, value: int) -> RowKey | None:
+        return self.keys[value] if 0 <= value < len(self.keys) else None
+
+    def contains_value(self, value: int) -> bool:
+        return 0 <= value < len(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, RowKey | str) and _value(item) in self._positions()
+
+
+def _value(key: RowKey | str) -> Any:
+    """What a row is kept by: its key's string (``DataTable`` takes either)."""
+    return key.value if isinstance(key, RowKey) else key
+
+
 class _OneLineOffsets:
     """``DataTable._y_offsets`` for a table whose rows are all one line high: line ``y``
     is row ``y``, looked up when asked instead of listed after every change."""
@@ -163,7 +225,15 @@ class PanelTable(DataTable[Cell]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._key_column: ColumnKey | None = None
-        self._sort_keys: dict[RowKey, tuple[int, Any]] = {}
+        self._sort_keys: dict[Any, tuple[int, Any]] = {}
+        """Each row's sort key in the key column, by the row key's string."""
+        self._added: dict[Any, RowKey] = {}
+        """The rows by their key's string, in the order they were added (ties in a
+        sort keep it, as in ``DataTable.sort``)."""
+        self._unplaced: dict[Any, None] = {}
+        """Rows added since the last sort: the last ones in the order."""
+        self._sorted_as: tuple[ColumnKey, bool] | None = None
+        """The sort the order follows, but for :attr:`_unplaced`."""
         self._drawn_cells: LRUCache[tuple[Any, ...], list[list[tuple[Segment, bool]]]] = (
             LRUCache(4096))  # before DataTable's init: its watchers clear caches
         self._one_line_rows = True
@@ -173,7 +243,21 @@ class PanelTable(DataTable[Cell]):
         self._where: dict[tuple[int, int, bool], Style] = {}
         self._row_styles: dict[tuple[int, Style], Style] = {}
         self._widths: tuple[int, tuple[int, ...]] = (-1, ())
+        self._order = _RowOrder()
+        self._frame_style = Style()
         super().__init__(*args, **kwargs)
+
+    @property
+    def _row_locations(self) -> _RowOrder:
+        """``DataTable``'s row index, kept as :class:`_RowOrder` whatever it is set to."""
+        return self._order
+
+    @_row_locations.setter
+    def _row_locations(self, locations: TwoWayDict[RowKey, int]) -> None:
+        if not isinstance(locations, _RowOrder):
+            keys = map(locations.get_key, range(len(locations)))
+            locations = _RowOrder(k for k in keys if k is not None)
+        self._order = locations
 
     def _stamp(self, row_index: int, column_index: int, outside: bool = False) -> Style:
         """The mouse meta ``DataTable`` puts in a cell's style (which row and column)."""
@@ -313,6 +397,20 @@ class PanelTable(DataTable[Cell]):
                    for text, style, control, meta in drawn.segments]
         return Strip(stamped, drawn.strip.cell_length)
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._frame_style = self.rich_style  # the same for every line of a frame
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        """``DataTable.render_line`` for plain rows, without its per-line look-ups of
+        the fixed rows' heights and of the widget's style."""
+        if not self._plain_rows():
+            return super().render_line(y)
+        scroll_x, scroll_y = self.scroll_offset
+        if y >= (self.header_height if self.show_header else 0):
+            y += scroll_y
+        return self._render_line(y, scroll_x, scroll_x + self.size.width, self._frame_style)
+
     def _clear_caches(self) -> None:
         super()._clear_caches()
         self._forget_drawn()
@@ -336,8 +434,8 @@ class PanelTable(DataTable[Cell]):
         cache_key = (self.row_count, self._update_count)
         ordered = self._ordered_row_cache.get(cache_key)
         if ordered is None:
-            rows, by_index = self.rows, self._row_locations._reverse
-            ordered = [rows[by_index[i]] for i in range(len(rows))]
+            rows = self.rows
+            ordered = [rows[k] for k in self._row_locations.keys]
             self._ordered_row_cache[cache_key] = ordered
         return ordered
 
@@ -398,11 +496,16 @@ class PanelTable(DataTable[Cell]):
 
     def add_row(self, *cells: Cell, height: int | None = 1, key: str | None = None,
                 label: TextType | None = None) -> RowKey:
+        """``DataTable.add_row``; the row goes last until the next sort places it."""
+        if key is None:
+            key = f"\0row{next(self._versions)}"  # the order keeps keys by their string
         self._one_line_rows = self._one_line_rows and height == 1
         row_key = super().add_row(*cells, height=height, key=key, label=label)
         self._changed(row_key)
+        self._added[key] = row_key
+        self._unplaced[key] = None
         if self._key_column is not None:
-            self._sort_keys[row_key] = _sort_key(self._data[row_key][self._key_column])
+            self._sort_keys[key] = _sort_key(self._data[row_key][self._key_column])
         return row_key
 
     def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Cell,
@@ -411,39 +514,61 @@ class PanelTable(DataTable[Cell]):
         row_key = RowKey(row_key) if isinstance(row_key, str) else row_key
         self._changed(row_key)
         if self._key_column is not None and column_key == self._key_column:
-            self._sort_keys[row_key] = _sort_key(value)
+            self._set_sort_key(row_key, value)
+
+    def _set_sort_key(self, row_key: RowKey, value: Cell) -> None:
+        sort_key = _sort_key(value)
+        if self._sort_keys.get(row_key.value) != sort_key:
+            self._sort_keys[row_key.value] = sort_key
+            if row_key.value not in self._unplaced:
+                self._sorted_as = None  # a placed row may be out of place now
 
     def clear(self, columns: bool = False) -> Self:
         self._sort_keys.clear()
         self._row_versions.clear()
+        self._added.clear()
+        self._unplaced.clear()
+        self._sorted_as = None
         self._one_line_rows = True
         return super().clear(columns)
+
+    def remove_row(self, row_key: RowKey | str) -> None:
+        """``DataTable.remove_row``, through :meth:`remove_rows` (it keeps the order)."""
+        self.remove_rows([_value(row_key)])
+
+    def sort(self, *columns: ColumnKey | str, key: Callable[[Any], Any] | None = None,
+             reverse: bool = False) -> Self:
+        """``DataTable.sort``, keeping the order as this table keeps it."""
+        super().sort(*columns, key=key, reverse=reverse)
+        self._unplaced.clear()
+        self._sorted_as = None
+        return self
 
     def remove_rows(self, keys: Iterable[str], *,
                     then_sort: tuple[str, bool] | None = None) -> None:
         """Remove these rows (those present) in one pass over the table; with
         ``then_sort`` (column, reverse), sort in the same pass."""
-        gone = {RowKey(k) for k in keys}
-        gone.intersection_update(self.rows)
+        added = self._added
+        gone = {k for k in keys if k in added}
         if not gone:
             if then_sort is not None:
                 self.sort_by_column(then_sort[0], reverse=then_sort[1])
             return
-        for row_key in gone:
+        for value in gone:
+            row_key = added.pop(value)
             for column_key in self._data[row_key]:
                 self._updated_cells.discard(CellKey(row_key, column_key))
             del self.rows[row_key]
             del self._data[row_key]
-            self._sort_keys.pop(row_key, None)
+            self._sort_keys.pop(value, None)
+            self._unplaced.pop(value, None)
             self._row_versions.pop(row_key, None)
             self._new_rows.discard(row_key)
+        order = self._row_locations
+        order.keys = [k for k in order.keys if k.value not in gone]
+        order.changed()
         if then_sort is not None:
             self._order_by(*then_sort)
-        else:
-            by_index = self._row_locations._reverse
-            order = [by_index[i] for i in range(len(by_index))]
-            self._row_locations = TwoWayDict(
-                {k: i for i, k in enumerate([k for k in order if k not in gone])})
         self._require_update_dimensions = True
         # Re-set only when off the end now: each set redraws the cell, which walks
         # every row's offset.
@@ -464,7 +589,7 @@ class PanelTable(DataTable[Cell]):
             self._data[row_key][column_key] = value
             self._changed(row_key)
             if column_key == self._key_column:
-                self._sort_keys[row_key] = _sort_key(value)
+                self._set_sort_key(row_key, value)
             places.append((row_key, column_key))
         if not places:
             return
@@ -485,10 +610,8 @@ class PanelTable(DataTable[Cell]):
 
     def keys_on_screen(self) -> list[RowKey]:
         """The rows the table shows now (all one line high)."""
-        first = round(self.scroll_y)
-        last = min(self.row_count, first + max(0, self.size.height))
-        by_index = self._row_locations.get_key
-        return [k for k in map(by_index, range(first, last)) if k is not None]
+        first = max(0, round(self.scroll_y))
+        return self._row_locations.keys[first:first + max(0, self.size.height)]
 
     def sort_by_column(self, column: str, *, reverse: bool) -> None:
         """``sort(column, key=_sort_key, reverse=reverse)``, from the kept keys."""
@@ -497,13 +620,42 @@ class PanelTable(DataTable[Cell]):
         self.refresh()
 
     def _order_by(self, column: str, reverse: bool) -> None:
+        """Sort by ``column``: all rows when the sort or a placed row's sort key changed
+        (or many rows are new), else only the new rows, each put in its place."""
         column_key = ColumnKey(column)
+        order, added, sort_keys = self._row_locations, self._added, self._sort_keys
         if column_key != self._key_column:
             self._key_column = column_key
-            self._sort_keys = {k: _sort_key(cells[column_key])
-                               for k, cells in self._data.items()}
-        order = sorted(self._data, key=self._sort_keys.__getitem__, reverse=reverse)
-        self._row_locations = TwoWayDict({k: i for i, k in enumerate(order)})
+            data = self._data
+            self._sort_keys = sort_keys = {value: _sort_key(data[row_key][column_key])
+                                           for value, row_key in added.items()}
+            self._sorted_as = None
+        new = list(self._unplaced)
+        self._unplaced.clear()
+        keys = order.keys
+        if (self._sorted_as != (column_key, reverse) or len(new) > max(16, len(added) // 32)
+                or [k.value for k in keys[len(keys) - len(new):]] != new):
+            order.keys = [added[v] for v in sorted(added, key=sort_keys.__getitem__,
+                                                   reverse=reverse)]
+            order.changed()
+            self._sorted_as = (column_key, reverse)
+            return
+        if not new:
+            return
+        del keys[len(keys) - len(new):]  # added last, in this order
+        for value in new:
+            # After every row with the same sort key, as a stable sort of the rows in
+            # the order they were added puts it.
+            wanted, low, high = sort_keys[value], 0, len(keys)
+            while low < high:
+                middle = (low + high) // 2
+                here = sort_keys[keys[middle].value]
+                if (here < wanted) if reverse else (wanted < here):
+                    high = middle
+                else:
+                    low = middle + 1
+            keys.insert(low, added[value])
+        order.changed()
 
 
 class PanelView(Vertical):
@@ -741,13 +893,36 @@ class PanelView(Vertical):
             empty = self.panel.empty
         # Static.update lays the screen out again even for the same text, so the empty
         # state is set only when its own text changes (not with each row count).
-        if (title, subtitle, empty) != self._titles:
-            if self._titles is None or empty != self._titles[2]:
+        before = self._titles
+        if (title, subtitle, empty) != before:
+            if before is None or empty != before[2]:
                 self.query_one(".empty", Static).update(empty)
             self._titles = (title, subtitle, empty)
-            self.border_title = title
-            self.border_subtitle = subtitle
+            self._set_border(title if before is None or title != before[0] else None,
+                             subtitle if before is None or subtitle != before[1] else None)
         self.set_class(shown == 0, "-empty")
+
+    def _set_border(self, title: str | None, subtitle: str | None) -> None:
+        """Set the border's title and subtitle (``None``: unchanged), repainting only
+        the border line each is on. Setting ``border_title`` repaints the whole panel,
+        and the screen then composes every line of the table under it again: with the
+        peers panel, once per burst, since each peer joining or leaving changes the
+        count."""
+        width, height = self.outer_size
+        if not self.is_mounted or height < 2:
+            if title is not None:
+                self.border_title = title
+            if subtitle is not None:
+                self.border_subtitle = subtitle
+            return
+        left, top = self.content_offset  # refresh regions are in content coordinates
+        if title is not None:
+            # What the border_title descriptor stores.
+            self._border_title = self.render_str(title).expand_tabs(4).split()[0]
+            self.refresh(Region(-left, -top, width, 1))
+        if subtitle is not None:
+            self._border_subtitle = self.render_str(subtitle).expand_tabs(4).split()[0]
+            self.refresh(Region(-left, height - 1 - top, width, 1))
 
     def _summary(self) -> str:
         if self.panel.id != "ledger" or not self.model.totals:
