@@ -202,13 +202,18 @@ class _OneLineOffsets:
         """Nothing is kept (``DataTable.clear`` clears its list)."""
 
 
+_Drawn = tuple[str, Style | None, Any, tuple[int, bool] | None]
+"""A segment without its mouse meta: text, style, control, and (column, out of bounds)
+if the meta is to be stamped."""
+
+
 class _DrawnLine(NamedTuple):
-    """A row's line as drawn at ``row_index``, and the mouse meta of its segments
-    (column, out of bounds), to stamp it at another index."""
+    """A row's line as drawn at ``row_index``, and its segments without their mouse
+    meta, to stamp it at another index."""
 
     strip: Strip
     row_index: int
-    segments: list[tuple[str, Style | None, Any, tuple[int, bool] | None]]
+    segments: list[_Drawn]
 
 
 class PanelTable(DataTable[Cell]):
@@ -238,6 +243,9 @@ class PanelTable(DataTable[Cell]):
             LRUCache(4096))  # before DataTable's init: its watchers clear caches
         self._one_line_rows = True
         self._drawn_lines: LRUCache[tuple[Any, ...], _DrawnLine] = LRUCache(1024)
+        self._cell_templates: LRUCache[tuple[Any, ...],
+                                       list[tuple[str, Style | None, Any, bool]]] = (
+            LRUCache(4096))
         self._row_versions: dict[RowKey, int] = {}
         self._versions = count()
         self._where: dict[tuple[int, int, bool], Style] = {}
@@ -375,27 +383,88 @@ class PanelTable(DataTable[Cell]):
                self._column_widths(), self._row_label_column_width)
         drawn = self._drawn_lines.get(key)
         if drawn is None:
-            strip = super()._render_line(y, x1, x2, base_style)
-            segments: list[tuple[str, Style | None, Any, tuple[int, bool] | None]] = []
-            for segment in strip:
-                text, style, control = segment
-                if style is None or not style._meta:
-                    segments.append((text, style, control, None))
-                    continue
-                meta = style.meta
-                if meta.keys() - {"row", "column", "out_of_bounds"}:
-                    return strip  # a meta this cannot stamp again: not kept
-                segments.append((text, style.clear_meta_and_links(), control,
-                                 (meta.get("column", 0), bool(meta.get("out_of_bounds")))))
-            self._drawn_lines.set(key, _DrawnLine(strip, row_index, segments))
-            return strip
+            width = self.size.width
+            if x1 == 0 and x2 == width and self.cursor_type == "row":
+                drawn = self._draw_row(row_index, row_key, base_style, width,
+                                       cursor.row == row_index, hover.row == row_index)
+            if drawn is None:
+                drawn = self._parse(super()._render_line(y, x1, x2, base_style), row_index)
+            if drawn is None:
+                return super()._render_line(y, x1, x2, base_style)
+            self._drawn_lines.set(key, drawn)
         if drawn.row_index == row_index:
             return drawn.strip
+        return self._stamped(drawn.segments, row_index, drawn.strip.cell_length)
+
+    def _stamped(self, segments: list[_Drawn], row_index: int, width: int) -> Strip:
+        """The line of ``segments`` with the mouse meta of row ``row_index``."""
         stamp = self._stamp
-        stamped = [Segment(text, style, control) if meta is None
-                   else Segment(text, (style or Style()) + stamp(row_index, *meta), control)
-                   for text, style, control, meta in drawn.segments]
-        return Strip(stamped, drawn.strip.cell_length)
+        return Strip([Segment(text, style, control) if meta is None
+                      else Segment(text, (style or Style()) + stamp(row_index, *meta), control)
+                      for text, style, control, meta in segments], width)
+
+    def _parse(self, strip: Strip, row_index: int) -> _DrawnLine | None:
+        """A line ``DataTable`` drew, kept with its segments' mouse meta taken out."""
+        segments: list[_Drawn] = []
+        for text, style, control in strip:
+            if style is None or not style._meta:
+                segments.append((text, style, control, None))
+                continue
+            meta = style.meta
+            if meta.keys() - {"row", "column", "out_of_bounds"}:
+                return None  # a meta this cannot stamp again
+            segments.append((text, style.clear_meta_and_links(), control,
+                             (meta.get("column", 0), bool(meta.get("out_of_bounds")))))
+        return _DrawnLine(strip, row_index, segments)
+
+    def _draw_row(self, row_index: int, row_key: RowKey, base_style: Style, width: int,
+                  cursor: bool, hover: bool) -> _DrawnLine | None:
+        """Row ``row_index``'s line, put together as ``DataTable._render_line`` does from
+        its cells (kept by content) and the space right of them, without drawing it
+        with its mouse meta and taking that out again. ``None`` if the columns do not
+        fit (``DataTable`` crops the line then)."""
+        widths = self._column_widths()
+        remaining = width - sum(widths) - self._row_label_column_width
+        if remaining < 0:
+            return None
+        row_style = self._get_row_style(row_index, base_style)
+        data = self._data[row_key]
+        column_key = self._column_locations.get_key
+        segments: list[_Drawn] = []
+        for column_index, column_width in enumerate(widths):
+            value = data.get(column_key(column_index))  # type: ignore[arg-type]
+            cell = self._cell_template(row_index, column_index, value, row_style,
+                                       column_width, cursor, hover)
+            segments += [(text, style, control, (column_index, False) if mark else None)
+                         for text, style, control, mark in cell]
+        extend_style, _ = self._get_styles_to_render_cell(
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            False, False)
+        segments.append((" " * remaining, row_style + extend_style, None, (0, True)))
+        return _DrawnLine(self._stamped(segments, row_index, width), row_index, segments)
+
+    def _cell_template(self, row_index: int, column_index: int, value: Any, row_style: Style,
+                       width: int, cursor: bool, hover: bool,
+                       ) -> list[tuple[str, Style | None, Any, bool]]:
+        """A cell drawn by ``DataTable._render_cell`` (its segments merged as a line's
+        are), kept by content, without its mouse meta (``True`` where it had one)."""
+        key = None
+        if isinstance(value, Cell):
+            key = (value.plain, value.style, value.justify, tuple(value.spans), width,
+                   row_style, cursor, hover, self._show_hover_cursor, self.show_cursor,
+                   self._pseudo_class_state, self.cursor_foreground_priority,
+                   self.cursor_background_priority, self.cell_padding)
+            kept = self._cell_templates.get(key)
+            if kept is not None:
+                return kept
+        lines = DataTable._render_cell(self, row_index, column_index, row_style, width,
+                                       cursor, hover)
+        template = [(text, style.clear_meta_and_links(), control, True)
+                    if style is not None and style._meta else (text, style, control, False)
+                    for text, style, control in Segment.simplify(lines[0])]
+        if key is not None:
+            self._cell_templates.set(key, template)
+        return template
 
     def render_lines(self, crop: Region) -> list[Strip]:
         self._frame_style = self.rich_style  # the same for every line of a frame
@@ -421,6 +490,7 @@ class PanelTable(DataTable[Cell]):
 
     def _forget_drawn(self) -> None:
         self._drawn_cells.clear()
+        self._cell_templates.clear()
         self._drawn_lines.clear()
         self._row_styles.clear()
 
