@@ -4,12 +4,13 @@ palette, theme (pausing is tested against a live node in test_attach)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from textual.command import CommandPalette
 from textual.widgets import Input
 
-from knarr.tui.app import KnarrConsole, run_console_async
+from knarr.tui.app import FULL_COLLECTION_AFTER, KnarrConsole, run_console_async
 from knarr.tui.feed import RecordedFeed
 from knarr.tui.model import RowChange
 from knarr.tui.screens.call import CallScreen
@@ -269,3 +270,16 @@ async def test_what_is_drawn_follows_live_changes() -> None:
         drawn = screen()
         assert any(f"Peers · {count + 1}" in line for line in drawn)
         assert any(newcomer[:12] in line and "10.1.2.3:4000" in line for line in drawn)
+
+
+async def test_full_collections_are_rare_while_the_console_runs() -> None:
+    """What a sync brought in is frozen out of the collector and full collections wait
+    longer, while the console runs; both are undone when it exits."""
+    before = gc.get_threshold()
+    app = recorded_console()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await until(pilot, lambda: gc.get_freeze_count() > 0)
+        assert gc.get_threshold()[2] >= FULL_COLLECTION_AFTER
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
