@@ -66,7 +66,6 @@ import os
 import platform
 import pty
 import random
-import select
 import shutil
 import signal
 import struct
@@ -82,6 +81,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
+from children import Child, stop  # benchmarks/children.py
 from rich.console import RenderableType
 from textual.screen import Screen
 
@@ -402,62 +402,18 @@ def run_console(socket_path: str, report_fd: int, profile_path: str | None,
 # ------------------------------------------------------------------ parent: children
 
 
-class NodeProcess:
+class NodeProcess(Child):
     """The node child, driven by lines on its stdin; it exits when stdin closes."""
 
     def __init__(self, folder: Path, args: argparse.Namespace) -> None:
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, __file__, "--child", "node", "--folder", str(folder),
              "--peers", str(args.peers), "--ledger", str(args.ledger),
              "--seed", str(args.seed)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            name="node", timeout=CHILD_TIMEOUT_S,
         )
         self.hello = self.read()
         self.pid = int(self.hello["pid"])
-
-    def read(self) -> dict[str, Any]:
-        out = self.proc.stdout
-        assert out is not None
-        ready, _, _ = select.select([out], [], [], CHILD_TIMEOUT_S)
-        if not ready:
-            raise RuntimeError(f"the node did not answer in {CHILD_TIMEOUT_S:g} s")
-        line = out.readline()
-        if not line:
-            raise RuntimeError(f"the node exited (code {self.proc.poll()})")
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        """EOF on stdin, then SIGTERM, then SIGKILL, each given a few seconds."""
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        stop(self.proc)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def stop(proc: subprocess.Popen[Any], *, first: signal.Signals | None = None) -> None:
-    """Wait for ``proc`` to end, escalating to SIGTERM and SIGKILL (or starting with
-    ``first``)."""
-    steps = [None, proc.terminate, proc.kill]
-    if first is not None:
-        steps[0] = lambda: proc.send_signal(first)
-    for step in steps:
-        if step is not None:
-            with contextlib.suppress(ProcessLookupError):
-                step()
-        try:
-            proc.wait(timeout=5)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class ConsoleProcess:
@@ -616,7 +572,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         samples = console.samples(t0, t1 - 0.5)
         # Events the node stamped in the window but the console never drew.
         frames = [r for r in console.reports if r["kind"] == "frame"]
-        last_tick = next((r for r in reversed(console.reports) if r["kind"] == "tick"), {})
+        ticks = (r for r in reversed(console.reports) if r["kind"] == "tick")
+        last_tick: dict[str, Any] = next(ticks, {})
     finally:
         if console is not None:
             console.close()
