@@ -220,25 +220,26 @@ class Store:
         """All statements inside commit together or not at all."""
         with self._db:
             yield self
-        if self._checkpointer is not None and self._checkpointer.inline_due:
-            self._checkpoint_inline()
+        self._after_write()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         rows = list(self._db.execute(sql, params))
-        if (self._checkpointer is not None and self._checkpointer.inline_due
-                and self._db.in_transaction is False):
-            self._checkpoint_inline()
+        self._after_write()
         return rows
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
-    def _checkpoint_inline(self) -> None:
-        assert self._checkpointer is not None
-        self._checkpointer.inline_due = False
+    def _after_write(self) -> None:
+        """Checkpoint here if the log has passed :data:`INLINE_PAGES`, once no
+        transaction is open (an inner one may just have ended inside an outer one)."""
+        checkpointer = self._checkpointer
+        if checkpointer is None or not checkpointer.inline_due or self._db.in_transaction:
+            return
+        checkpointer.inline_due = False
         try:
             self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
-            self._checkpointer.inline += 1
+            checkpointer.inline += 1
         except apsw.BusyError:
             pass  # the thread is checkpointing right now; the next commit asks again
 

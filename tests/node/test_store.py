@@ -182,3 +182,16 @@ def test_upgrading_from_schema_4_drops_the_ledger_txn_index(db_path: Path) -> No
         indexes = {r[0] for r in store.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "ledger_account" in indexes and "ledger_txn" not in indexes
         assert store.schema_version == SCHEMA_VERSION
+
+
+def test_the_writer_checkpoints_only_once_no_transaction_is_open(db_path: Path) -> None:
+    with contextlib.closing(Store(db_path)) as store:
+        store.execute("CREATE TABLE t(n INTEGER)")
+        assert store._checkpointer is not None
+        with store.transaction():
+            store._checkpointer.inline_due = True  # as the WAL hook sets it past the mark
+            with store.transaction():
+                store.execute("INSERT INTO t VALUES(1)")
+            assert store.checkpoints == (0, 0)  # an inner transaction ended: not yet
+        assert store.checkpoints == (0, 1)
+        assert store.execute("SELECT n FROM t") == [(1,)]
