@@ -432,7 +432,7 @@ class Dht:
 
     def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
         contacts = self.table.closest(target, exclude=sender.node_id)
-        if not is_loopback(addr[0]):
+        if self.table.has_loopback and not is_loopback(addr[0]):
             contacts = [c for c in contacts if not is_loopback(c.host)]
         return contacts
 

@@ -15,7 +15,7 @@ for large ones). Loopback is exempt from both limits. Times are passed in.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,6 +34,30 @@ def random_id_in_bucket(own_id: bytes, index: int, entropy: bytes) -> bytes:
     return (int.from_bytes(own_id, "big") ^ distance).to_bytes(32, "big")
 
 
+def bucket_order(offset: int, indices: Iterable[int]) -> list[int]:
+    """The bucket ``indices`` in the order of their distance to a target, where
+    ``offset`` is our id XOR the target.
+
+    A contact in bucket i differs from us first at bit i, so its distance to the target
+    is ``offset`` with bit i flipped and lower bits changed: above bit i it agrees with
+    ``offset``. Hence, with ``top`` the highest bit of ``offset``: bucket ``top`` holds
+    the nearest contacts (their distance lacks that bit); then come the buckets below it
+    whose bit is set in ``offset`` (the flip clears it), highest first; then those whose
+    bit is clear, lowest first; then the buckets above ``top``, lowest first. For the
+    target our own id (``offset`` 0), that is simply lowest first."""
+    ordered = sorted(indices)
+    top = offset.bit_length() - 1
+    if top < 0:
+        return ordered
+    below = [i for i in ordered if i < top]
+    return (
+        ([top] if top in ordered else [])
+        + [i for i in reversed(below) if offset >> i & 1]
+        + [i for i in below if not offset >> i & 1]
+        + [i for i in ordered if i > top]
+    )
+
+
 @dataclass(slots=True)
 class Entry:
     contact: Contact
@@ -47,7 +71,6 @@ class Entry:
         self.subnet = subnet_of(self.contact.host)
 
 
-_EMPTY: OrderedDict[bytes, Entry] = OrderedDict()
 
 
 TABLE_SUBNET_SHARE = 0.1
@@ -73,6 +96,7 @@ class RoutingTable:
         self.subnet_limit = subnet_limit
         self.table_subnet_share = table_subnet_share
         self._per_subnet: dict[str, int] = {}  # contacts in the buckets, per subnet
+        self._loopback = 0  # contacts in the buckets at loopback addresses
         self._buckets: dict[int, OrderedDict[bytes, Entry]] = {}
         self._replacements: dict[int, OrderedDict[bytes, Entry]] = {}
         self._touched: dict[int, float] = {}
@@ -103,13 +127,16 @@ class RoutingTable:
         """How many contacts one subnet may hold once one more contact is in the table."""
         return max(self.subnet_limit, int(self.table_subnet_share * (self._size + 1)))
 
-    def _admits(self, bucket: Iterable[Entry], host: str) -> bool:
+    def _admits(self, bucket: Collection[Entry], host: str) -> bool:
         """May a contact at ``host`` take a slot in ``bucket``: neither the bucket's nor
         the table's limit for its subnet would be passed."""
         subnet = subnet_of(host)
         if subnet is None:
             return True
-        if self._per_subnet.get(subnet, 0) >= self.table_subnet_limit:
+        held = self._per_subnet.get(subnet, 0)
+        if held < self.subnet_limit:
+            return True  # below both limits, whatever the bucket holds
+        if held >= self.table_subnet_limit:
             return False
         return sum(1 for e in bucket if e.subnet == subnet) < self.subnet_limit
 
@@ -118,6 +145,8 @@ class RoutingTable:
         self._size += 1
         if entry.subnet is not None:
             self._per_subnet[entry.subnet] = self._per_subnet.get(entry.subnet, 0) + 1
+        else:
+            self._loopback += 1
 
     def _drop(self, bucket: OrderedDict[bytes, Entry], node_id: bytes) -> Entry | None:
         entry = bucket.pop(node_id, None)
@@ -129,7 +158,14 @@ class RoutingTable:
                     self._per_subnet[entry.subnet] = left
                 else:
                     del self._per_subnet[entry.subnet]
+            else:
+                self._loopback -= 1
         return entry
+
+    @property
+    def has_loopback(self) -> bool:
+        """Whether any contact in the table is at a loopback address."""
+        return self._loopback > 0
 
     def subnet_count(self, host: str) -> int:
         """Contacts the table holds from ``host``'s subnet (0 for loopback)."""
@@ -242,41 +278,36 @@ class RoutingTable:
     ) -> list[Contact]:
         """Up to ``count`` (default k) contacts nearest ``target``, nearest first.
 
-        Buckets are visited in order of their distance to ``target``, so only the buckets
-        that can hold the answer are sorted: with the target in bucket ``top``, every
-        contact of bucket ``top`` is nearer than any other; then come all buckets below
-        ``top`` (their distances share the top bit), then buckets above ``top`` in order.
+        Every bucket is one contiguous range of distances to ``target``, so the buckets
+        are walked in the order of those ranges (:func:`bucket_order`) and only the
+        buckets that hold the answer are sorted, one at a time.
         """
         n = self.k if count is None else count
         if n <= 0:
             return []
         t = int.from_bytes(target, "big")
-        top = (self._own_number ^ t).bit_length() - 1
+        offset = self._own_number ^ t
         buckets = self._buckets
         out: list[Contact] = []
 
-        def take(entries: list[Entry]) -> bool:
-            entries.sort(key=lambda e: e.number ^ t)
-            out.extend(e.contact for e in entries[: n - len(out)])
-            return len(out) >= n
+        def distance(e: Entry) -> int:
+            return e.number ^ t
 
-        def group(indices: Iterable[int]) -> list[Entry]:
-            return [
-                e
-                for i in indices
-                for e in buckets.get(i, _EMPTY).values()
-                if e.contact.node_id != exclude
-            ]
-
-        if top < 0:  # the target is our own id: nearer buckets first
-            for i in sorted(buckets):
-                if take(group((i,))):
-                    return out
-            return out
-        if take(group((top,))) or take(group(i for i in buckets if i < top)):
-            return out
-        for i in sorted(i for i in buckets if i > top):
-            if take(group((i,))):
+        top = offset.bit_length() - 1
+        first = buckets.get(top)
+        if first is not None and len(first) - (exclude in first) >= n:
+            order = [top]  # the usual case: the target's own bucket holds the answer
+        else:
+            order = bucket_order(offset, buckets)
+        for i in order:
+            bucket = buckets[i]
+            if not bucket:
+                continue
+            entries = sorted(bucket.values(), key=distance)
+            if exclude is not None and exclude in bucket:
+                entries = [e for e in entries if e.contact.node_id != exclude]
+            out += [e.contact for e in entries[: n - len(out)]]
+            if len(out) >= n:
                 break
         return out
 

@@ -88,6 +88,7 @@ def check_invariants(table: RoutingTable, target: bytes, n: int) -> None:
         subnets.pop(None, None)  # loopback is exempt
         assert all(count <= table.subnet_limit for count in subnets.values())
     whole = Counter(subnet_of(e.contact.host) for e in entries)
+    assert table.has_loopback == (None in whole)
     whole.pop(None, None)
     for host in HOSTS:
         assert table.subnet_count(host) == whole.get(subnet_of(host), 0)
@@ -382,6 +383,33 @@ def test_closest_orders_by_xor_distance() -> None:
     got = table.closest(target, 5)
     assert got == sorted(contacts, key=lambda c: distance(c.node_id, target))[:5]
     assert got[0].node_id == id_in_bucket(64)
+
+
+@PROPERTY
+@given(
+    ids=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2**40 - 1)), min_size=1, max_size=60),
+    target=st.tuples(st.integers(-1, 45), st.integers(0, 2**45 - 1)),
+    n=st.integers(1, 30),
+    skip=st.integers(0, 59),
+)
+def test_closest_walks_the_buckets_in_distance_order(
+    ids: list[tuple[int, int]], target: tuple[int, int], n: int, skip: int
+) -> None:
+    # Ids spread over 41 buckets near our own id and targets among and beyond them, so
+    # that every bucket order (the target's bucket, the lower buckets by the target's
+    # bits, the higher ones) is exercised, with buckets both full and short.
+    table = RoutingTable(OWN, k=4)
+    for index, noise in ids:
+        table.add(peer(id_in_bucket(index, noise % (1 << index)), "127.0.0.1"), 0.0)
+    top, noise = target
+    goal = bytes(32) if top < 0 else id_in_bucket(top, noise % (1 << top))
+    entries = [e.contact for e in table.contacts()]
+    brute = sorted(entries, key=lambda c: distance(c.node_id, goal))
+    assert table.closest(goal, n) == brute[:n]
+    if brute:
+        excluded = brute[skip % len(brute)].node_id
+        want = [c for c in brute if c.node_id != excluded][:n]
+        assert table.closest(goal, n, exclude=excluded) == want
 
 
 def test_closest_with_a_count_of_zero_is_empty() -> None:
