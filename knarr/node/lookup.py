@@ -103,6 +103,7 @@ class Lookup:
             [int(b * spacing) for b in crowd_bounds(2 * k)] if spacing > 0 else []
         )
         self._crowd: int | None = 0 if not self._bounds else None
+        self._finished: bool | None = None  # known until the next event
         for contact in seeds:
             self._offer(contact, 0)
 
@@ -172,23 +173,31 @@ class Lookup:
 
     @property
     def finished(self) -> bool:
+        if self._finished is None:
+            self._finished = self._finished_with(self._shortlist())
+        return self._finished
+
+    def _finished_with(self, shortlist: list[_Candidate]) -> bool:
         if self.want_value and len(self._valued) >= self.value_quorum:
             return True
-        shortlist = self._shortlist()
         if not shortlist:
             # Everyone left is slow: wait for their replies or timeouts, not for nothing.
             return not any(c.state is State.STALLED for c in self._order)
         return all(c.state is State.RESPONDED for c in shortlist)
 
     def _next(self) -> list[Contact]:
-        if self.finished:
+        """The contacts to query now. Every event ends here, so this is also where
+        ``finished`` is worked out (once per event: it is asked after each)."""
+        shortlist = self._shortlist()
+        self._finished = self._finished_with(shortlist)
+        if self._finished:
             return []
         out: list[Contact] = []
         # Once values are coming in, ask only as many more as the quorum still needs.
         wanted = self.alpha
         if self.want_value and self.values_from:
             wanted = min(wanted, self.value_quorum - len(self.values_from))
-        for c in self._shortlist():
+        for c in shortlist:
             if self._inflight >= wanted:
                 break
             if c.state is State.NEW:
@@ -215,6 +224,7 @@ class Lookup:
         self, node_id: bytes, nodes: Iterable[Contact], *, has_value: bool = False
     ) -> list[Contact]:
         """A queried contact answered with ``nodes`` (and maybe values)."""
+        self._finished = None
         c = self._settle(node_id, State.RESPONDED)
         if c is None:
             return self._next()
@@ -228,6 +238,7 @@ class Lookup:
 
     def on_stall(self, node_id: bytes) -> list[Contact]:
         """A query is slower than expected: stop waiting on it, query someone else."""
+        self._finished = None
         c = self._candidates.get(node_id)
         if c is not None and c.state is State.INFLIGHT:
             self._inflight -= 1
@@ -236,6 +247,7 @@ class Lookup:
 
     def on_failure(self, node_id: bytes) -> list[Contact]:
         """A query timed out or was refused."""
+        self._finished = None
         if self._settle(node_id, State.FAILED) is not None and self._bounds:
             self._crowd = None
         return self._next()
