@@ -10,6 +10,7 @@ import functools
 import hashlib
 from collections import OrderedDict
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -21,10 +22,11 @@ SIGNATURE_SIZE = 64
 _META_KEY = "signing_key"
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=16384)
 def node_id_of(public_key: bytes) -> bytes:
     """The 32-byte node id that belongs to an Ed25519 public key. Cached: a served task
-    asks for its requester's id about five times (sender, receipt, books, events)."""
+    asks for its requester's id about five times (sender, receipt, books, events), and
+    every DHT envelope received asks for its sender's."""
     return hashlib.sha256(public_key).digest()
 
 
@@ -59,10 +61,13 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> None:
 class Identity:
     """An Ed25519 signing key with its derived node id."""
 
-    __slots__ = ("_key", "public_key", "node_id")
+    __slots__ = ("_key", "_secret", "public_key", "node_id")
 
     def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
         self._key = signing_key
+        # libsodium's 64-byte secret key (seed and public key), to sign through the
+        # binding directly: SigningKey.sign also splits and wraps the signed message.
+        self._secret: bytes = nacl.bindings.crypto_sign_seed_keypair(bytes(signing_key))[1]
         self.public_key: bytes = bytes(signing_key.verify_key)
         self.node_id: bytes = node_id_of(self.public_key)
 
@@ -102,7 +107,7 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         """The detached 64-byte signature of ``message``."""
-        signature: bytes = self._key.sign(message).signature
+        signature = nacl.bindings.crypto_sign(message, self._secret)[:SIGNATURE_SIZE]
         if _made is not None:
             _made[self.public_key + message + signature] = None
             if len(_made) > _made_capacity:
