@@ -29,11 +29,17 @@ from typing import Any
 
 from knarr.errors import LocalProtocolError, MalformedMessage, TruncatedMessage
 
-__all__ = ["EncodeError", "decode", "encode"]
+__all__ = ["EncodeError", "Encoded", "decode", "encode"]
 
 
 class EncodeError(LocalProtocolError):
     """A value has a type or range that Knarr's CBOR subset cannot encode."""
+
+
+class Encoded(bytes):
+    """Bytes that already are the deterministic encoding of one value: :func:`encode`
+    puts them in as they are. For parts of messages that recur unchanged (a contact in
+    NODES replies), so that they are encoded once, not once per message."""
 
 
 _UINT64_MAX = 2**64 - 1
@@ -170,6 +176,8 @@ def _encode_into(value: object, out: bytearray) -> None:
             previous = key
             out += key
             _encode_into(item, out)
+    elif type(value) is Encoded:
+        out += value
     elif value is None:
         out.append(0xF6)
     elif value is True:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from knarr.errors import MistypedMessage
+from knarr.node import cbor
 
 ID_SIZE = 32
 ID_BITS = ID_SIZE * 8
@@ -20,6 +21,7 @@ class Contact:
     node_id: bytes
     host: str
     port: int
+    _encoded: cbor.Encoded = field(init=False, repr=False, compare=False)  # see encoded()
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -27,6 +29,16 @@ class Contact:
 
     def to_wire(self) -> list[object]:
         return [self.node_id, pack_ip(self.host), self.port]
+
+    def encoded(self) -> cbor.Encoded:
+        """The CBOR encoding of :meth:`to_wire`, made once: a contact goes out in many
+        NODES replies."""
+        try:
+            return self._encoded
+        except AttributeError:
+            encoded = cbor.Encoded(cbor.encode(self.to_wire()))
+            object.__setattr__(self, "_encoded", encoded)
+            return encoded
 
     @classmethod
     def from_wire(cls, item: object) -> Contact:

@@ -207,7 +207,7 @@ class Nodes(Reply):
     nodes: tuple[Contact, ...]
 
     def to_body(self) -> dict[str, Any]:
-        return {"re": self.re, "nodes": [c.to_wire() for c in self.nodes]}
+        return {"re": self.re, "nodes": [c.encoded() for c in self.nodes]}
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> Nodes:
