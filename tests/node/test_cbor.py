@@ -17,7 +17,7 @@ from knarr.errors import (
     RemoteProtocolError,
     TruncatedMessage,
 )
-from knarr.node.cbor import EncodeError, decode, encode
+from knarr.node.cbor import Encoded, EncodeError, decode, encode
 
 # RFC 8949 Appendix A, restricted to the types Knarr supports (preferred serialization).
 APPENDIX_A: list[tuple[Any, str]] = [
@@ -405,3 +405,11 @@ def _nested(depth: int) -> Any:
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_encoded_bytes_are_spliced_in_as_they_are() -> None:
+    inner = Encoded(encode([b"\x01" * 32, b"\x7f\0\0\x01", 4000]))
+    assert encode({"nodes": [inner, inner]}) == encode(
+        {"nodes": [[b"\x01" * 32, b"\x7f\0\0\x01", 4000]] * 2}
+    )
+    assert encode(Encoded(encode(b"plain"))) == encode(b"plain")

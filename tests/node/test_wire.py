@@ -390,3 +390,11 @@ def test_a_hand_signed_canonical_body_is_accepted() -> None:
 def test_registering_a_taken_type_code_is_refused() -> None:
     with pytest.raises(LocalProtocolError, match="already registered"):
         wire.register_message(Ping)
+
+
+def test_a_contact_is_encoded_once_and_as_its_wire_form() -> None:
+    contact = twenty_contacts()[0]
+    first = contact.encoded()
+    assert first == cbor.encode(contact.to_wire())
+    assert contact.encoded() is first
+    assert contact == Contact(contact.node_id, contact.host, contact.port)  # not compared
