@@ -531,9 +531,10 @@ class Dht:
         new = int.from_bytes(newcomer.node_id, "big")
         for key in list(self.records.keys())[:2000]:
             k = int.from_bytes(key, "big")
-            nearest = self.table.closest(key, self.settings.k, exclude=newcomer.node_id)
+            nearest = self.table.closest(key, 1, exclude=newcomer.node_id)
             if nearest and int.from_bytes(nearest[0].node_id, "big") ^ k < own ^ k:
-                continue  # someone else is nearer: they hand it over
+                continue  # someone else is nearer: they hand it over (the usual case)
+            nearest = self.table.closest(key, self.settings.k, exclude=newcomer.node_id)
             if len(nearest) >= self.settings.k and (
                 new ^ k > int.from_bytes(nearest[-1].node_id, "big") ^ k
             ):
