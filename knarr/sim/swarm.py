@@ -116,6 +116,7 @@ class Swarm:
         self.hosts = hosts
         self.settings = settings
         self.peers: list[Peer] = []
+        self._live: dict[str, dict[Peer, None]] = {}  # role -> live peers, in spawn order
         self._seq = 0
 
     # ------------------------------------------------------------------ population
@@ -146,6 +147,7 @@ class Swarm:
         await dht.bind(host, port)
         peer = Peer(dht, role, asyncio.get_running_loop().time())
         self.peers.append(peer)
+        self._live.setdefault(role, {})[peer] = None
         return peer
 
     async def join(self, peer: Peer, via: list[Addr]) -> bool:
@@ -166,12 +168,16 @@ class Swarm:
         if not peer.alive:
             return
         peer.died = asyncio.get_running_loop().time()
+        self._live[peer.role].pop(peer, None)
         if peer.maintenance is not None:
             peer.maintenance.cancel()
         peer.dht.close()
 
     def live(self, role: str | None = "honest") -> list[Peer]:
-        return [p for p in self.peers if p.alive and (role is None or p.role == role)]
+        """The live peers (of ``role``, or all), in the order they were spawned."""
+        if role is None:
+            return [p for p in self.peers if p.alive]
+        return list(self._live.get(role, ()))
 
     async def shutdown(self) -> None:
         """Stop every node and let the cancelled tasks finish."""
