@@ -206,6 +206,7 @@ class Dht:
         self.rtt = s.rtt
         self.stats = DhtStats()
         self.endpoint: DatagramEndpoint | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop bind() ran on
         self._pending: dict[bytes, _Pending] = {}
         self._late: OrderedDict[bytes, _Pending] = OrderedDict()
         self._proven: OrderedDict[Addr, bytes] = OrderedDict()  # address -> who answered
@@ -226,8 +227,14 @@ class Dht:
     # ------------------------------------------------------------------ lifecycle
 
     async def bind(self, host: str, port: int) -> Addr:
+        self._loop = asyncio.get_running_loop()
         self.endpoint = await self.network.bind(host, port, self.datagram_received)
         return self.endpoint.local_address
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the node runs on. Kept from :meth:`bind` because asking asyncio for
+        the running loop costs a ``getpid()`` system call, several times per datagram."""
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
 
     def close_endpoint(self) -> None:
         """Unbind without shutting down (to bind again elsewhere)."""
@@ -253,7 +260,7 @@ class Dht:
         if self._closed:
             coro.close()  # type: ignore[attr-defined]
             return
-        task: asyncio.Task[object] = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        task: asyncio.Task[object] = self._get_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks[task] = None
         task.add_done_callback(self._forget_task)
 
@@ -282,7 +289,7 @@ class Dht:
     ) -> asyncio.Future[Envelope]:
         """Send a request; the future resolves with the verified reply envelope, or fails
         with :class:`RequestTimeout` or :class:`RemoteProtocolError`."""
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         future: asyncio.Future[Envelope] = loop.create_future()
         if self._closed:
             future.set_exception(NetworkError("the node is stopped"))
@@ -327,7 +334,7 @@ class Dht:
         stats = self.stats
         stats.received += 1
         stats.bytes_received += len(data)
-        loop_now = asyncio.get_running_loop().time()
+        loop_now = self._get_loop().time()
         key: object = addr if is_loopback(addr[0]) else addr[0]
         if not self.limiter.allow(key, loop_now):
             stats.rate_limited += 1
@@ -401,7 +408,7 @@ class Dht:
                 reply = Stored(env.nonce, False, str(exc)[:200])
         else:  # pragma: no cover - every request type is handled above
             reply = Error(env.nonce, ErrorCode.BAD_REQUEST, "unsupported request")
-        now = asyncio.get_running_loop().time()
+        now = self._get_loop().time()
         probe: Contact | None = None
         then: Contact | None = None
         if message.ro:
@@ -479,7 +486,7 @@ class Dht:
 
     def _offer(self, contact: Contact) -> None:
         """A contact answered us: add it, pinging an old contact if its bucket is full."""
-        now = asyncio.get_running_loop().time()
+        now = self._get_loop().time()
         result, oldest = self.table.add(contact, now)
         if result is AddResult.ADDED:
             self._dormant.pop(contact.node_id, None)
@@ -645,7 +652,7 @@ class Dht:
         ``crowd_detection`` off it is always 0, which turns the check off."""
         if not self.settings.crowd_detection:
             return 0
-        now = asyncio.get_running_loop().time()
+        now = self._get_loop().time()
         if now - self._spacing_at < 60.0 and self._spacing_value:
             return self._spacing_value
         own = self.identity.node_id
@@ -665,7 +672,7 @@ class Dht:
     ) -> LookupResult:
         """Iterative lookup of ``target``; with ``want_value``, also collect the verified
         records stored there (those for which ``accept`` holds)."""
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         s = self.settings
         own = self.identity.node_id
         seed_list = list(seeds) if seeds is not None else self.table.closest(target, s.k)
@@ -919,7 +926,7 @@ class Dht:
         complete = ID_BITS - 1
         if len(found.closest) >= self.settings.k:
             complete = bucket_index(own, found.closest[-1].node_id)
-        now = asyncio.get_running_loop().time()
+        now = self._get_loop().time()
         for index in range(complete + 1):
             self.table.touch(index, now)
 
@@ -931,7 +938,7 @@ class Dht:
         found the k closest nodes, no bucket nearer than the k-th of them can hold anyone
         it did not see. Every other stale bucket gets a lookup of a random id in it.
         Returns the number of lookups made."""
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         own = self.identity.node_id
         k = self.settings.k
         interval = self.settings.refresh_interval

@@ -117,8 +117,10 @@ class SimNetwork:
         self.undeliverable = 0
         self.by_type: dict[int, int] = {}  # datagrams sent, by message type byte
         self._next_port = 40_000
+        self._loop: asyncio.AbstractEventLoop | None = None  # delivers; set by bind()
 
     async def bind(self, host: str, port: int, handler: DatagramHandler) -> SimEndpoint:
+        self._loop = asyncio.get_running_loop()
         if port == 0:
             port = self._free_port(host)
         addr = (host, port)
@@ -159,7 +161,8 @@ class SimNetwork:
         target = self.endpoints.get(dst)
         dst_access = target.access if target is not None else src_access
         delay = self.latency.delay(rng, src_access, dst_access)
-        asyncio.get_running_loop().call_later(delay, self._deliver, data, src, dst)
+        loop = self._loop or asyncio.get_running_loop()  # asking costs a getpid() syscall
+        loop.call_later(delay, self._deliver, data, src, dst)
 
     def inject(self, data: bytes, src: Addr, dst: Addr) -> None:
         """Send ``data`` to ``dst`` claiming to come from ``src`` (a spoofed source)."""
