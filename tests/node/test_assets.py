@@ -27,6 +27,7 @@ from knarr.node.node import Node
 from knarr.node.sidecar import (
     EMPTY_HASH,
     UNSIGNED_PAYLOAD,
+    HashBehind,
     Sidecar,
     SidecarError,
     delete_asset,
@@ -804,3 +805,15 @@ async def test_upload_asset_of_a_few_megabytes_does_not_warn(
 
 def test_errors_are_knarr_errors() -> None:
     assert issubclass(SidecarError, KnarrError) and issubclass(AssetError, KnarrError)
+
+
+@pytest.mark.parametrize("sizes", [[], [1], [HashBehind.BATCH], [7_000] * 300,
+                                   [HashBehind.BATCH - 1, 2, HashBehind.BATCH * 2, 5]])
+async def test_hashing_one_batch_behind_gives_the_stream_s_sha256(sizes: list[int]) -> None:
+    """The download path hashes on a worker thread, batch by batch: whatever the chunk
+    sizes, the digest is the stream's, in order."""
+    chunks = [os.urandom(n) for n in sizes]
+    hasher = HashBehind()
+    for chunk in chunks:
+        await hasher.update(chunk)
+    assert await hasher.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
