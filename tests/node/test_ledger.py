@@ -332,6 +332,19 @@ def test_a_receipt_booked_twice_counts_once(ledger: Ledger) -> None:
     assert ledger.store.execute("SELECT COUNT(*) FROM ledger") == [(2,)]
 
 
+def test_a_batch_books_each_new_receipt_once(ledger: Ledger) -> None:
+    """One group commit may hold a receipt booked before and the same receipt twice."""
+    old, new, other = (make_receipt(task=bytes([n]) * 16) for n in (0x21, 0x22, 0x23))
+    peer = REQUESTER.node_id_hex
+    assert ledger.balance(peer) == 0  # cached from here: the batch must keep it right
+    assert ledger.record(old, role="provided") is True
+    booked = ledger.record_many([old, new, new, other], role="provided")
+    assert booked == [new, other]
+    assert ledger.balance(peer) == 3 * PRICE == Ledger(ledger.store, Clock()).balance(peer)
+    assert ledger.store.execute("SELECT COUNT(*) FROM ledger") == [(6,)]
+    assert ledger.record_many([], role="provided") == []
+
+
 @pytest.mark.parametrize("outcome", ["failed", "timeout"])
 def test_a_failed_task_is_kept_but_charges_nothing(ledger: Ledger, outcome: str) -> None:
     assert ledger.record(make_receipt(outcome=outcome), role="provided")
