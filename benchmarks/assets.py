@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from children import Child, started  # benchmarks/children.py
+from children import Child, ChildProfile, started  # benchmarks/children.py
 
 HOST = "127.0.0.1"
 MiB = 2**20
@@ -158,7 +158,7 @@ def answer(value: object) -> None:
 async def obey(commands: asyncio.StreamReader) -> None:
     """Serve the parent's commands until stdin closes: ``stats``, ``reset-peak``,
     ``profile-start``, ``profile-stop PATH``."""
-    profile: cProfile.Profile | None = None
+    profiling = ChildProfile(time.process_time)
     while line := (await commands.readline()).decode().strip():
         verb, _, arg = line.partition(" ")
         if verb == "stats":
@@ -166,15 +166,8 @@ async def obey(commands: asyncio.StreamReader) -> None:
         elif verb == "reset-peak":
             reset_peak_rss()
             answer({"ok": True})
-        elif verb == "profile-start":
-            profile = cProfile.Profile(time.process_time)
-            profile.enable()
-            answer({"ok": True})
-        elif verb == "profile-stop" and profile is not None:
-            profile.disable()
-            profile.dump_stats(arg)
-            profile = None
-            answer({"ok": True, "path": arg})
+        elif (reply := profiling.answer(verb, arg)) is not None:
+            answer(reply)
         else:
             answer({"ok": False, "error": f"unknown command {line!r}"})
 

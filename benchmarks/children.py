@@ -11,6 +11,7 @@ is ready). It exits when its stdin closes.
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import json
 import select
 import signal
@@ -87,6 +88,28 @@ def stop(proc: subprocess.Popen[Any], *, first: signal.Signals | None = None,
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+class ChildProfile:
+    """The child's side of two commands every benchmark child answers: ``profile-start``
+    and ``profile-stop PATH`` (cProfile, with ``timer`` if given, dumped to PATH)."""
+
+    def __init__(self, timer: Callable[[], float] | None = None) -> None:
+        self._timer = timer
+        self._profile: cProfile.Profile | None = None
+
+    def answer(self, verb: str, arg: str) -> dict[str, Any] | None:
+        """The reply to a profiling command, or ``None`` if ``verb`` is not one."""
+        if verb == "profile-start":
+            self._profile = cProfile.Profile(self._timer) if self._timer else cProfile.Profile()
+            self._profile.enable()
+            return {"ok": True}
+        if verb == "profile-stop" and self._profile is not None:
+            self._profile.disable()
+            self._profile.dump_stats(arg)
+            self._profile = None
+            return {"ok": True, "path": arg}
+        return None
 
 
 C = TypeVar("C", bound=Child)

@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
-from children import Child, stop  # benchmarks/children.py
+from children import Child, ChildProfile, stop  # benchmarks/children.py
 from rich.console import RenderableType
 from textual.screen import Screen
 
@@ -244,7 +244,7 @@ async def run_node(folder: Path, peers: int, ledger_rows: int, seed: int) -> Non
     node = Node(HOST, 0, storage=folder / "node.db", cockpit_dir=folder)
     driver = Driver(node, random.Random(seed))
     streaming: asyncio.Task[None] | None = None
-    profile: cProfile.Profile | None = None
+    profiling = ChildProfile()
     t0 = time.perf_counter()
     driver.seed_ledger(ledger_rows)
     await node.start()
@@ -268,15 +268,8 @@ async def run_node(folder: Path, peers: int, ledger_rows: int, seed: int) -> Non
             elif verb == "stats":
                 answer({"events": node.events.last_seq, "sent": driver.sent,
                         "peers": len(node.dht.table)})
-            elif verb == "profile-start":
-                profile = cProfile.Profile()
-                profile.enable()
-                answer({"ok": True})
-            elif verb == "profile-stop" and profile is not None:
-                profile.disable()
-                profile.dump_stats(arg)
-                profile = None
-                answer({"ok": True})
+            elif (reply := profiling.answer(verb, arg)) is not None:
+                answer(reply)
             else:
                 answer({"ok": False, "error": f"unknown command {line!r}"})
     finally:

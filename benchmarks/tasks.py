@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from children import Child, started  # benchmarks/children.py
+from children import Child, ChildProfile, started  # benchmarks/children.py
 
 HOST = "127.0.0.1"
 SKILL = "echo"
@@ -97,20 +97,13 @@ def answer(value: object) -> None:
 async def obey(commands: asyncio.StreamReader, stats: Callable[[], dict[str, Any]]) -> None:
     """Serve the parent's commands until stdin closes: ``stats``, ``profile-start``,
     ``profile-stop PATH``."""
-    profile: cProfile.Profile | None = None
+    profiling = ChildProfile()
     while line := (await commands.readline()).decode().strip():
         verb, _, arg = line.partition(" ")
         if verb == "stats":
             answer(stats())
-        elif verb == "profile-start":
-            profile = cProfile.Profile()
-            profile.enable()
-            answer({"ok": True})
-        elif verb == "profile-stop" and profile is not None:
-            profile.disable()
-            profile.dump_stats(arg)
-            profile = None
-            answer({"ok": True, "path": arg})
+        elif (reply := profiling.answer(verb, arg)) is not None:
+            answer(reply)
         else:
             answer({"ok": False, "error": f"unknown command {line!r}"})
 
