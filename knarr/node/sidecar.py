@@ -254,9 +254,9 @@ class HashBehind:
     a core to spare does both at once (hashlib releases the GIL on large updates). At
     most two batches are held, so memory stays flat for any size.
 
-    Measured on a quiet 2-core machine, 100 MiB downloads went from 0.57 to 0.80 of the
-    floor with it. Where the client and the server share one core's worth of CPU, the
-    thread cannot help and costs a few per cent (see docs/performance.md, assets)."""
+    Measured on a quiet 2-core machine, 100 MiB downloads went from 0.46-0.59 to
+    0.58-0.81 of the floor with it. It costs ~20 % more CPU, so where the client and the
+    server share one core's worth, it is a few per cent slower (docs/performance.md)."""
 
     BATCH = 4 * CHUNK
 
@@ -303,8 +303,9 @@ async def _hashed_chunks(
 ) -> AsyncIterator[bytes]:
     """The file's chunks, each passed to ``hash_update`` as it is read.
 
-    On the loop, not on a worker thread: measured, handing each chunk to a thread cost
-    more CPU (cross-core copies, GIL hand-overs) than the hash it moved."""
+    On the loop, not on a worker thread as downloads do (:class:`HashBehind`): an upload
+    keeps both cores busy (the sidecar hashes too), so a thread only adds its cost
+    (cross-core copies, GIL hand-overs); measured slower here."""
     sent = 0
     while chunk := file.read(CHUNK):
         hash_update(chunk)
