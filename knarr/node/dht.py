@@ -669,9 +669,11 @@ class Dht:
         want_value: bool = False,
         seeds: Iterable[Contact] | None = None,
         accept: Callable[[SkillRecord], bool] | None = None,
+        patient: bool = False,
     ) -> LookupResult:
         """Iterative lookup of ``target``; with ``want_value``, also collect the verified
-        records stored there (those for which ``accept`` holds)."""
+        records stored there (those for which ``accept`` holds); ``patient``: see
+        :class:`Lookup`."""
         loop = self._get_loop()
         s = self.settings
         own = self.identity.node_id
@@ -679,6 +681,7 @@ class Dht:
         machine = Lookup(
             own, target, seed_list, k=s.k, alpha=s.alpha,
             want_value=want_value, value_quorum=s.value_quorum, spacing=self._spacing(),
+            patient=patient,
         )
         if seed_list and target != own:
             self.table.touch(bucket_index(own, target), loop.time())
@@ -813,7 +816,7 @@ class Dht:
 
     async def _store_at(self, key: bytes, record: SkillRecord) -> int:
         self.records.put(key, record.raw, now_s=int(self.clock()))
-        found = await self.lookup(key)
+        found = await self.lookup(key, patient=True)
         replies = await asyncio.gather(
             *(self.call(c.addr, Store(key, record.raw), expect=c.node_id) for c in found.closest),
             return_exceptions=True,

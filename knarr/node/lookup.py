@@ -71,7 +71,12 @@ def crowd_bounds(ranks: int, epsilon: float = CROWD_EPSILON) -> tuple[float, ...
 
 
 class Lookup:
-    """Find the k nodes closest to ``target`` (and, with ``want_value``, stored values)."""
+    """Find the k nodes closest to ``target`` (and, with ``want_value``, stored values).
+
+    A ``patient`` lookup does not end while a stalled query to a node nearer than the
+    k-th that answered is still outstanding: a store needs the k closest live nodes, and
+    a node slow to answer (a busy peer, a long path) is usually alive.
+    """
 
     def __init__(
         self,
@@ -84,8 +89,10 @@ class Lookup:
         want_value: bool = False,
         value_quorum: int = 3,
         spacing: int = 0,
+        patient: bool = False,
     ) -> None:
         self.target = target
+        self.patient = patient
         self.k = k
         self.alpha = alpha
         self.want_value = want_value
@@ -183,7 +190,18 @@ class Lookup:
         if not shortlist:
             # Everyone left is slow: wait for their replies or timeouts, not for nothing.
             return not any(c.state is State.STALLED for c in self._order)
-        return all(c.state is State.RESPONDED for c in shortlist)
+        if not all(c.state is State.RESPONDED for c in shortlist):
+            return False
+        if self.patient:
+            # A slow node nearer than the k-th that answered would be one of the k
+            # closest if it is alive: wait for its reply or its timeout.
+            edge = shortlist[-1].distance
+            for c in self._order:
+                if c.distance >= edge:
+                    break
+                if c.state is State.STALLED:
+                    return False
+        return True
 
     def _next(self) -> list[Contact]:
         """The contacts to query now. Every event ends here, so this is also where

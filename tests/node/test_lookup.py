@@ -243,6 +243,25 @@ def test_a_late_reply_from_a_stalled_contact_still_counts(network: Network) -> N
     assert [c.node_id for c in lookup.closest()] == network.true_closest(target, others)
 
 
+def test_a_patient_lookup_waits_for_a_slow_node_among_the_closest() -> None:
+    own, target = b"\x00" * 32, b"\xff" * 32
+    contacts = [Contact(bytes([i]) * 32, "127.0.0.1", 7000 + i) for i in range(1, 6)]
+    for patient in (False, True):
+        lookup = Lookup(own, target, contacts, k=3, alpha=2, patient=patient)
+        first = lookup.start()
+        assert [c.node_id[0] for c in first] == [5, 4]
+        assert [c.node_id[0] for c in lookup.on_stall(first[0].node_id)] == [3]
+        for c in (first[1], contacts[2]):
+            lookup.on_reply(c.node_id, [])
+        lookup.on_reply(contacts[1].node_id, [])
+        # The three nearest that answered are 4, 3, 2; node 5 is slow, not dead.
+        assert lookup.finished is not patient
+        if patient:
+            lookup.on_reply(first[0].node_id, [])
+            assert lookup.finished
+            assert [c.node_id[0] for c in lookup.closest()] == [5, 4, 3]
+
+
 def test_a_failure_frees_its_slot_and_is_excluded() -> None:
     own, target = b"\x00" * 32, b"\xff" * 32
     contacts = [Contact(bytes([i]) * 32, "127.0.0.1", 7000 + i) for i in range(1, 6)]
