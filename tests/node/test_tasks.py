@@ -260,6 +260,31 @@ async def test_many_requests_share_one_connection(make_node: NodeFactory) -> Non
     assert provider.tasks.completed == 25
 
 
+async def test_calls_made_together_leave_in_batches(
+    make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider, requester = await _network(make_node, Calls())
+    record, _ = await requester.request_detailed("upper", {"text": "warm"}, timeout=5)
+    (conn,) = requester.client._connections.values()
+    writes: list[int] = []
+    real_write = conn.writer.write
+
+    def write(data: bytes) -> None:
+        writes.append(len(data))
+        real_write(data)
+
+    monkeypatch.setattr(conn.writer, "write", write)
+    replies = await asyncio.gather(*(
+        requester.client.call(record.host, record.port, record.public_key, "upper",
+                              {"text": f"c{i}"}, timeout=5)
+        for i in range(20)
+    ))
+    assert [r.output for r in replies] == [{"text": f"C{i}"} for i in range(20)]
+    # 20 requests made in one turn of the loop: 8 + 8 in full batches, 4 at its end.
+    assert len(writes) == 3
+    assert writes[0] > 1.9 * writes[2] < writes[1]
+
+
 async def test_200_concurrent_requests_all_complete_with_their_own_output(
     make_node: NodeFactory,
 ) -> None:
