@@ -37,6 +37,7 @@ from knarr.node.records import (
     SkillRecord,
     Unconfirmed,
     parse_record,
+    servable,
     skill_key,
     vouched,
 )
@@ -448,7 +449,7 @@ class Dht:
         if not stored:
             if message.query and message.offset == 0 and self.on_unmet is not None:
                 kind, _, name = message.query.partition(":")
-                if kind in ("skill", "tag") and name and (
+                if servable(kind, name) and (
                     hashlib.sha256(message.query.encode()).digest() == message.key
                 ):
                     self.on_unmet(kind, name)

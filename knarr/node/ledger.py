@@ -33,6 +33,10 @@ class Balance:
     tasks: int
 
 
+MAX_DEMAND = 10_000
+"""Names the demand table keeps (see :meth:`Ledger.count_demand`)."""
+
+
 class Ledger:
     """Books over one node :class:`Store`."""
 
@@ -45,6 +49,8 @@ class Ledger:
         self._balances: dict[str, int] = {}
         self._voided: dict[str, int] = {}
         """peer -> micro-credits of its charges we voided (same caching as balances)."""
+        self._demand_rows: int | None = None
+        """Rows in the demand table, counted on first use and kept up to date."""
         self._totals: dict[str, int] | None = None
         """:meth:`totals` as of the last commit, kept up to date by every write: summing
         (and auditing) the whole ledger each time the cockpit asked cost a full scan."""
@@ -308,14 +314,38 @@ class Ledger:
     # ------------------------------------------------------------------ demand
 
     def count_demand(self, kind: str, name: str) -> None:
-        """A query for skill or tag ``name`` found no provider."""
+        """A query for skill or tag ``name`` found no provider.
+
+        The table holds at most :data:`MAX_DEMAND` names: anyone may ask for names nobody
+        serves, and each asked-for name would otherwise be a row on disk for good. When
+        it is full, the least-asked tenth (the oldest first among equals) makes room, so
+        what many ask for stays while a flood of one-off names only churns among itself.
+        """
         now = self.clock()
-        self.store.execute(
-            "INSERT INTO demand(kind, name, count, first_seen, last_seen) VALUES(?, ?, 1, ?, ?)"
-            " ON CONFLICT(kind, name) DO UPDATE SET count = count + 1,"
-            " last_seen = excluded.last_seen",
-            (kind, name, now, now),
-        )
+        store = self.store
+        with store.transaction():
+            store.execute(
+                "UPDATE demand SET count = count + 1, last_seen = ? WHERE kind = ? AND name = ?",
+                (now, kind, name),
+            )
+            if store.changes():
+                return
+            rows = self._demand_rows
+            if rows is None:
+                rows = int(store.execute("SELECT COUNT(*) FROM demand")[0][0])
+            if rows >= MAX_DEMAND:
+                store.execute(
+                    "DELETE FROM demand WHERE rowid IN (SELECT rowid FROM demand"
+                    " ORDER BY count, last_seen LIMIT ?)",
+                    (rows - MAX_DEMAND + MAX_DEMAND // 10,),
+                )
+                rows -= store.changes()
+            store.execute(
+                "INSERT INTO demand(kind, name, count, first_seen, last_seen)"
+                " VALUES(?, ?, 1, ?, ?)",
+                (kind, name, now, now),
+            )
+        self._demand_rows = rows + 1  # only once committed
 
     def demand(self, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self.store.execute(

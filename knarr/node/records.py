@@ -50,6 +50,14 @@ def skill_key(name: str) -> bytes:
     return hashlib.sha256(b"skill:" + name.encode()).digest()
 
 
+def servable(kind: str, name: str) -> bool:
+    """Whether a record could ever answer a query for skill or tag ``name``: unmet
+    demand counts only such names, so junk queries cannot fill the books."""
+    if kind == "skill":
+        return SKILL_NAME_RE.fullmatch(name) is not None
+    return kind == "tag" and 0 < len(name) <= MAX_TAG
+
+
 def tag_key(tag: str) -> bytes:
     """Where records carrying ``tag`` are indexed in the DHT."""
     return hashlib.sha256(b"tag:" + tag.encode()).digest()

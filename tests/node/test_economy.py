@@ -777,8 +777,12 @@ async def test_unmet_demand_is_counted_here_and_where_the_key_lives(
         (tag_key("gpu"), "skill:gpu", {}),
         (skill_key("wanted"), "", {}),
         (skill_key(""), "skill:", {}),
+        # Names no record could carry: the query hashes to its key, but is not counted.
+        (skill_key("Not A Name"), "skill:Not A Name", {}),
+        (tag_key("t" * 33), "tag:" + "t" * 33, {}),
     ],
-    ids=["skill", "tag", "other-name", "other-kind", "kind-swapped", "no-query", "empty-name"],
+    ids=["skill", "tag", "other-name", "other-kind", "kind-swapped", "no-query", "empty-name",
+         "bad-skill-name", "tag-too-long"],
 )
 async def test_only_a_query_that_hashes_to_its_key_is_counted(
     make_node: NodeFactory, key: bytes, query: str, counted: dict[tuple[str, str], int],

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import knarr.node.ledger as ledger_module
 from knarr.config import EconomyConfig
 from knarr.errors import MistypedMessage
 from knarr.node import cbor
@@ -738,6 +739,29 @@ def test_demand_counts_each_name_with_first_and_last_seen(ledger: Ledger) -> Non
     assert [(r["kind"], r["name"], r["count"]) for r in rows[1:]] == [
         ("tag", "translate", 1), ("tag", "gpu", 1)]  # equal counts: most recent first
     assert ledger.demand(limit=1) == rows[:1]
+
+
+def test_demand_keeps_what_many_ask_for_through_a_flood_of_names(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "MAX_DEMAND", 20)
+    clock = ledger.clock
+    assert isinstance(clock, Clock)
+    for _ in range(3):
+        ledger.count_demand("skill", "translate")
+    for i in range(500):  # one-off names, as anyone can send
+        clock.now += 1
+        ledger.count_demand("skill", f"junk-{i}")
+        assert len(ledger.demand()) <= 20
+    rows = {(r["name"], r["count"]) for r in ledger.demand()}
+    assert ("translate", 3) in rows
+    assert ("junk-499", 1) in rows  # the newest is kept
+    ledger.count_demand("skill", "junk-499")
+    assert ("junk-499", 2) in {(r["name"], r["count"]) for r in ledger.demand()}
+    # The count of rows survives a fresh ledger over the same store.
+    fresh = Ledger(ledger.store, clock)
+    fresh.count_demand("tag", "new")
+    assert len(fresh.demand()) <= 20
 
 
 # ------------------------------------------------------------------------ voiding
