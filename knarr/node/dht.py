@@ -36,6 +36,7 @@ from knarr.node.records import (
     RecordStore,
     SkillRecord,
     Unconfirmed,
+    names_local_host,
     parse_record,
     servable,
     skill_key,
@@ -399,7 +400,8 @@ class Dht:
         elif isinstance(message, Store):
             try:
                 self.records.put(
-                    message.key, message.record, now_s=int(self.clock()), sender=env.sender_id
+                    message.key, message.record, now_s=int(self.clock()), sender=env.sender_id,
+                    from_loopback=is_loopback(addr[0]),
                 )
                 reply = Stored(env.nonce, True)
             except Unconfirmed as exc:
@@ -600,7 +602,8 @@ class Dht:
                 offset += len(reply.records)
             keep = vouched(offer, answer)
             if keep is not None:
-                self.records.put(key, keep.raw, now_s=int(self.clock()))
+                self.records.put(key, keep.raw, now_s=int(self.clock()),
+                                 from_loopback=is_loopback(addr[0]))
         except (NetworkError, RemoteProtocolError):
             pass
         finally:
@@ -707,9 +710,10 @@ class Dht:
             if not done.done() and machine.finished and not pages:
                 done.set_result(None)
 
-        def take_records(reply: Value) -> int:
+        def take_records(reply: Value, via: Addr) -> int:
             """Keep the valid records for this lookup; returns how many there were."""
             now_s = int(self.clock())
+            remote = not is_loopback(via[0])
             valid = 0
             for raw in reply.records:
                 known = checked.get(raw)
@@ -722,6 +726,9 @@ class Dht:
                 except InvalidRecord:
                     continue
                 if target not in record.keys() or (accept is not None and not accept(record)):
+                    continue
+                if remote and names_local_host(record.host):
+                    del checked[raw]  # a loopback holder may still vouch for it
                     continue
                 checked[raw] = True
                 valid += 1
@@ -746,7 +753,7 @@ class Dht:
                 messages += 1
                 reply = fut.result().message
                 if isinstance(reply, Value):
-                    take_records(reply)
+                    take_records(reply, contact.addr)
                     if reply.more and reply.records and not done.done():
                         fetch_page(contact, offset + len(reply.records))
             check()
@@ -791,7 +798,7 @@ class Dht:
             elif isinstance(reply, Value):
                 # Only a reply with a valid record counts towards the quorum: junk in a
                 # VALUE must not end a lookup early.
-                has_value = take_records(reply) > 0
+                has_value = take_records(reply, contact.addr) > 0
                 if reply.more and reply.records:
                     fetch_page(contact, len(reply.records))
             launch(machine.on_reply(contact.node_id, nodes, has_value=has_value))

@@ -19,6 +19,7 @@ hand-over, or a replay), it waits until the provider is asked (:class:`Unconfirm
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,24 @@ _FIELDS = frozenset(
 def skill_key(name: str) -> bytes:
     """Where records for skill ``name`` live in the DHT."""
     return hashlib.sha256(b"skill:" + name.encode()).digest()
+
+
+def names_local_host(host: str) -> bool:
+    """Whether ``host`` means this very machine (a loopback or unspecified address, or
+    ``localhost``). Such a record is only usable between nodes on one machine: from
+    anywhere else it would aim a requester's task connection, or a node's confirmation
+    query, at the requester's own local services. (A name that only resolves to
+    loopback through DNS is not caught here.)"""
+    lowered = host.lower().rstrip(".")
+    if lowered == "localhost" or lowered.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
 
 
 def servable(kind: str, name: str) -> bool:
@@ -283,18 +302,22 @@ class RecordStore:
         return slots is not None and slot in slots
 
     def put(
-        self, key: bytes, raw: bytes, *, now_s: int, sender: bytes | None = None
+        self, key: bytes, raw: bytes, *, now_s: int, sender: bytes | None = None,
+        from_loopback: bool = True,
     ) -> SkillRecord:
         """Validate and keep ``raw`` under ``key``; :class:`InvalidRecord` says why not.
 
         ``sender`` is the node id that offered it (``None``: we fetched it ourselves or it
         is our own). A record from anyone but its provider, for a slot not held here, is
         refused with :class:`Unconfirmed` (ask the provider, then :meth:`put` what
-        :func:`vouched` returns)."""
+        :func:`vouched` returns). Unless it came ``from_loopback``, a record naming a
+        local host is refused (see :func:`names_local_host`)."""
         try:
             record = parse_record(raw, now_s=now_s)
         except MalformedMessage as exc:  # pragma: no cover - parse_record wraps these
             raise InvalidRecord(str(exc)) from exc
+        if not from_loopback and names_local_host(record.host):
+            raise InvalidRecord("record names a loopback host")
         if key not in record.keys():
             raise InvalidRecord("record does not belong under this key")
         if record.expires > now_s + self.max_ttl:
