@@ -93,6 +93,13 @@ def is_loopback(host: str) -> bool:
     return _unmapped(host).is_loopback
 
 
+def is_this_host(host: str) -> bool:
+    """Whether the IP literal ``host`` means the machine that uses it: a loopback or
+    unspecified address (IPv4-mapped ones included). ``ValueError`` if not an IP."""
+    ip = _unmapped(host)
+    return ip.is_loopback or ip.is_unspecified
+
+
 def _unmapped(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The address, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) seen as the IPv4 it is."""
     ip = ipaddress.ip_address(host)

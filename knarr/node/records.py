@@ -19,7 +19,6 @@ hand-over, or a replay), it waits until the provider is asked (:class:`Unconfirm
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from knarr.config import MAX_DESCRIPTION_LENGTH as MAX_DESCRIPTION
 from knarr.config import SKILL_NAME_RE
 from knarr.errors import InvalidRecord, MalformedMessage, RecordTooLarge, RemoteProtocolError
 from knarr.node import cbor
+from knarr.node.contact import is_this_host
 from knarr.node.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of, verify
 
 MAGIC = b"KR"
@@ -61,12 +61,9 @@ def names_local_host(host: str) -> bool:
     if lowered == "localhost" or lowered.endswith(".localhost"):
         return True
     try:
-        ip = ipaddress.ip_address(host)
+        return is_this_host(host)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_unspecified
 
 
 def servable(kind: str, name: str) -> bool:
