@@ -583,7 +583,9 @@ async def test_a_provider_killed_during_a_burst_of_bookings_keeps_consistent_boo
     db, gates = tmp_path / "provider.db", tmp_path / "gates"
     gates.mkdir()
     burst = [f"t{i}" for i in range(40)]
-    for text in burst:
+    # Thirty tasks may finish (a burst of bookings), ten never do: however quickly the
+    # thirty go through, the kill still lands with tasks in flight.
+    for text in burst[:30]:
         (gates / f"go-{text}").touch()
     requester = await make_node()
     provider = ProviderProcess(db, gates, f"127.0.0.1:{requester.port}")
