@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,17 +348,24 @@ async def floor_measurements(
     shapes = [1] if concurrency == 1 else [1, concurrency]  # connections
     results = []
     for connections in shapes:
-        conns = [await FloorConnection.open(server.port) for _ in range(connections)]
-        try:
+        async with floor_connections(server.port, connections) as conns:
             results.append(await measure(
                 "floor, 1 connection" if connections == 1 else f"floor, {connections} conns",
                 floor_call(conns, frame, body), payload=payload, concurrency=concurrency,
                 connections=connections, server=server, args=args,
             ))
-        finally:
-            for conn in conns:
-                await conn.close()
     return results
+
+
+@contextlib.asynccontextmanager
+async def floor_connections(port: int, count: int) -> AsyncIterator[list[FloorConnection]]:
+    """``count`` connections to the floor server, all closed afterwards."""
+    conns = [await FloorConnection.open(port) for _ in range(count)]
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            await conn.close()
 
 
 def floor_call(conns: list[FloorConnection], frame: bytes, body: bytes) -> Call:
@@ -394,14 +401,13 @@ async def paired(
     and a swing between two back-to-back measurements moves their ratio as much."""
     body = json.dumps(payload_of(payload)).encode()
     frame = FRAME.pack(len(body)) + body
-    conns = [await FloorConnection.open(floor.port) for _ in range(64)]
-    floor_calls = floor_call(conns, frame, body)
     done = {"floor": 0, "knarr": 0}
     spent = {"floor": 0.0, "knarr": 0.0}
     rounds: list[float] = []
     progress(f"paired: floor (64 conns) and knarr client.call, {payload} B, concurrency 64, "
              f"{args.pairs} rounds of {args.slice:g} s each")
-    try:
+    async with floor_connections(floor.port, 64) as conns:
+        floor_calls = floor_call(conns, frame, body)
         for n in range(args.pairs):
             order = [("floor", floor_calls), ("knarr", call)]
             rate = {}
@@ -413,9 +419,6 @@ async def paired(
                 spent[name] += elapsed
                 rate[name] = len(latencies) / elapsed
             rounds.append(rate["knarr"] / rate["floor"])
-    finally:
-        for conn in conns:
-            await conn.close()
     floor_rps, knarr_rps = done["floor"] / spent["floor"], done["knarr"] / spent["knarr"]
     progress(f"  paired ratio {knarr_rps / floor_rps:.1%} "
              f"(rounds {min(rounds):.1%}-{max(rounds):.1%})")
