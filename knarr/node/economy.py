@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -23,6 +24,13 @@ MICRO = 1_000_000
 RECEIPT_MAGIC = b"RC"
 SETTLEMENT_MAGIC = b"ST"
 VERSION = 1
+BATCH_VERSION = 2
+"""A receipt signed with others in one batch: it carries its path to the batch's signed
+Merkle root (``docs/protocol.md`` section 7.1)."""
+BATCH_ROOT_MAGIC = b"RR"
+MAX_BATCH = 256
+"""Receipts under one root signature at most (a path of at most 8 hashes)."""
+_BATCH_TRAILER = 2 + 2 + SIGNATURE_SIZE  # index, size, signature
 OUTCOMES = ("completed", "failed", "timeout")
 _RECEIPT_FIELDS = frozenset({"task", "skill", "price", "req", "in", "out", "t", "outcome", "ms"})
 
@@ -73,7 +81,9 @@ class Receipt:
 
     @cached_property
     def id(self) -> str:
-        """Unique per task: the hash of the signed receipt."""
+        """Unique per task: the hash of the signed receipt (for a receipt signed in a
+        batch, of its fields alone, so the id does not depend on how its path is written;
+        :func:`sign_receipts` and :func:`parse_receipt` set it)."""
         return hashlib.sha256(self.raw).hexdigest()
 
     @property
@@ -100,29 +110,135 @@ class Receipt:
         }
 
 
-def sign_receipt(
-    provider: Identity,
-    *,
-    task: bytes,
-    skill: str,
-    price: int,
-    requester_key: bytes,
-    input_hash: bytes,
-    output_hash: bytes,
-    time_ms: int,
-    outcome: str,
-    duration_ms: int,
-) -> Receipt:
-    body = {
-        "task": task, "skill": skill, "price": price, "req": requester_key, "in": input_hash,
-        "out": output_hash, "t": time_ms, "outcome": outcome, "ms": duration_ms,
-    }
-    signed = RECEIPT_MAGIC + bytes([VERSION]) + provider.public_key + cbor.encode(body)
-    # Our own signature over fields we just set: checking it again would cost a verify.
-    return Receipt(
-        task, skill, price, requester_key, input_hash, output_hash, time_ms, outcome,
-        duration_ms, provider.public_key, signed + provider.sign(signed),
-    )
+@dataclass(frozen=True, slots=True)
+class ReceiptDraft:
+    """A receipt's fields before they are signed; :func:`sign_receipts` signs a batch."""
+
+    task: bytes
+    skill: str
+    price: int
+    requester_key: bytes
+    input_hash: bytes
+    output_hash: bytes
+    time_ms: int
+    outcome: str
+    duration_ms: int
+
+    def fields(self, provider_key: bytes, version: int) -> bytes:
+        """The signed part: magic, version, the provider's key and the body."""
+        body = {
+            "task": self.task, "skill": self.skill, "price": self.price,
+            "req": self.requester_key, "in": self.input_hash, "out": self.output_hash,
+            "t": self.time_ms, "outcome": self.outcome, "ms": self.duration_ms,
+        }
+        return RECEIPT_MAGIC + bytes([version]) + provider_key + cbor.encode(body)
+
+    def signed(self, provider_key: bytes, raw: bytes, leaf: bytes | None = None) -> Receipt:
+        receipt = Receipt(
+            self.task, self.skill, self.price, self.requester_key, self.input_hash,
+            self.output_hash, self.time_ms, self.outcome, self.duration_ms, provider_key, raw,
+        )
+        if leaf is not None:
+            receipt.__dict__["id"] = leaf.hex()  # what the cached property would compute
+        return receipt
+
+
+def sign_receipt(provider: Identity, **fields: Any) -> Receipt:
+    """One receipt, signed on its own (version 1)."""
+    return sign_receipts(provider, [ReceiptDraft(**fields)])[0]
+
+
+def sign_receipts(provider: Identity, drafts: Sequence[ReceiptDraft]) -> list[Receipt]:
+    """Sign receipts in batches of up to :data:`MAX_BATCH`: one Ed25519 signature over the
+    Merkle root of each batch, and each receipt carries its path to that root. A batch of
+    one is a version 1 receipt, signed on its own."""
+    key = provider.public_key
+    out: list[Receipt] = []
+    for start in range(0, len(drafts), MAX_BATCH):
+        batch = drafts[start:start + MAX_BATCH]
+        if len(batch) == 1:
+            # Our own signature over fields we just set: checking it again would cost a verify.
+            signed = batch[0].fields(key, VERSION)
+            out.append(batch[0].signed(key, signed + provider.sign(signed)))
+            continue
+        fields = [draft.fields(key, BATCH_VERSION) for draft in batch]
+        leaves = [_leaf(f) for f in fields]
+        root, paths = _merkle(leaves)
+        size = len(batch).to_bytes(2, "big")
+        signature = provider.sign(_root_message(key, size, root))
+        for index, (draft, signed, path) in enumerate(zip(batch, fields, paths, strict=True)):
+            raw = b"".join((signed, *path, index.to_bytes(2, "big"), size, signature))
+            out.append(draft.signed(key, raw, leaves[index]))
+    return out
+
+
+def _leaf(fields: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + fields).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _root_message(key: bytes, size: bytes, root: bytes) -> bytes:
+    return BATCH_ROOT_MAGIC + bytes([BATCH_VERSION]) + key + size + root
+
+
+def _merkle(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The Merkle tree hash of RFC 9162 (section 2.1.1) over leaf hashes, and each
+    leaf's inclusion path (its siblings, from the leaf upward)."""
+    if len(leaves) == 1:
+        return leaves[0], [[]]
+    split = 1 << ((len(leaves) - 1).bit_length() - 1)  # the largest power of 2 below n
+    left, left_paths = _merkle(leaves[:split])
+    right, right_paths = _merkle(leaves[split:])
+    return _node(left, right), [p + [right] for p in left_paths] + [p + [left] for p in right_paths]
+
+
+def path_length(index: int, size: int) -> int:
+    """How many hashes the inclusion path of leaf ``index`` in a tree of ``size`` has."""
+    length = 0
+    while size > 1:
+        split = 1 << ((size - 1).bit_length() - 1)
+        if index < split:
+            size = split
+        else:
+            index, size = index - split, size - split
+        length += 1
+    return length
+
+
+def _root_of(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
+    """The root that ``path`` leads to from ``leaf`` (RFC 9162, section 2.1.3.2), or
+    ``None`` if the path does not fit ``index`` and ``size``."""
+    fn, sn, r = index, size - 1, leaf
+    for sibling in path:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            r = _node(sibling, r)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = _node(r, sibling)
+        fn, sn = fn >> 1, sn >> 1
+    return r if sn == 0 else None
+
+
+_verified_roots: OrderedDict[bytes, None] = OrderedDict()
+"""Root signatures verified lately: the receipts of one batch share one, and a
+requester gets most of a batch at once. Exact: only the very bytes verified are kept."""
+
+
+def _verify_root(key: bytes, message: bytes, signature: bytes) -> None:
+    remembered = key + message + signature
+    if remembered in _verified_roots:
+        _verified_roots.move_to_end(remembered)
+        return
+    verify(key, message, signature)
+    _verified_roots[remembered] = None
+    if len(_verified_roots) > 1024:
+        _verified_roots.popitem(last=False)
 
 
 def parse_receipt(raw: bytes) -> Receipt:
@@ -130,12 +246,19 @@ def parse_receipt(raw: bytes) -> Receipt:
     prefix = len(RECEIPT_MAGIC) + 1 + PUBLIC_KEY_SIZE
     if len(raw) > 2048 or len(raw) < prefix + SIGNATURE_SIZE or raw[:2] != RECEIPT_MAGIC:
         raise InvalidReceipt("not a knarr receipt")
-    if raw[2] != VERSION:
-        raise InvalidReceipt(f"unsupported receipt version {raw[2]}")
     key = raw[3:prefix]
+    leaf = None
     try:
-        verify(key, raw[:-SIGNATURE_SIZE], raw[-SIGNATURE_SIZE:])
-        body = cbor.decode(raw[prefix:-SIGNATURE_SIZE], max_depth=2, max_items=32)
+        if raw[2] == VERSION:
+            end = len(raw) - SIGNATURE_SIZE
+            verify(key, raw[:end], raw[end:])
+        elif raw[2] == BATCH_VERSION:
+            end, leaf = _check_batch_proof(raw, key, prefix)
+        else:
+            raise InvalidReceipt(f"unsupported receipt version {raw[2]}")
+        body = cbor.decode(raw[prefix:end], max_depth=2, max_items=32)
+    except InvalidReceipt:
+        raise
     except RemoteProtocolError as exc:
         raise InvalidReceipt(f"receipt rejected: {exc}") from exc
     if not isinstance(body, dict) or body.keys() != _RECEIPT_FIELDS:
@@ -153,10 +276,32 @@ def parse_receipt(raw: bytes) -> Receipt:
     )
     if not ok:
         raise InvalidReceipt("receipt fields have the wrong types")
-    return Receipt(
+    draft = ReceiptDraft(
         body["task"], body["skill"], body["price"], body["req"], body["in"], body["out"],
-        body["t"], body["outcome"], body["ms"], key, raw,
+        body["t"], body["outcome"], body["ms"],
     )
+    return draft.signed(key, raw, leaf)
+
+
+def _check_batch_proof(raw: bytes, key: bytes, prefix: int) -> tuple[int, bytes]:
+    """Check a version 2 receipt's path and root signature; where its fields end and
+    its leaf hash (which is also its id)."""
+    trailer = len(raw) - _BATCH_TRAILER
+    index = int.from_bytes(raw[trailer:trailer + 2], "big")
+    size_bytes = raw[trailer + 2:trailer + 4]
+    size = int.from_bytes(size_bytes, "big")
+    if not 2 <= size <= MAX_BATCH or index >= size:
+        raise InvalidReceipt(f"receipt batch position {index} of {size} is impossible")
+    end = trailer - 32 * path_length(index, size)
+    if end <= prefix:
+        raise InvalidReceipt("receipt is too short for its batch position")
+    leaf = _leaf(raw[:end])
+    path = [raw[i:i + 32] for i in range(end, trailer, 32)]
+    root = _root_of(leaf, index, size, path)
+    if root is None:  # pragma: no cover - path_length fits the path to index and size
+        raise InvalidReceipt("receipt path does not fit its batch position")
+    _verify_root(key, _root_message(key, size_bytes, root), raw[-SIGNATURE_SIZE:])
+    return end, leaf
 
 
 def check_receipt(

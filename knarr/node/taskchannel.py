@@ -31,9 +31,10 @@ from knarr.node import cbor, wire
 from knarr.node.economy import (
     InvalidReceipt,
     Receipt,
+    ReceiptDraft,
     check_receipt,
     parse_receipt,
-    sign_receipt,
+    sign_receipts,
     to_micro,
 )
 from knarr.node.identity import Identity
@@ -164,36 +165,45 @@ async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
 @dataclass
 class _Outgoing:
     writer: asyncio.StreamWriter
-    data: bytes
-    receipt: Receipt | None
-    hold: tuple[bytes, int] | None
+    frame: bytes | None
+    """The sealed frame, or ``None`` for a result sealed once its receipt is signed."""
+    requester_key: bytes = b""
+    task: bytes = b""
+    out: bytes = b""
+    draft: ReceiptDraft | None = None
+    hold: tuple[bytes, int] | None = None
     """The requester and the credit held for this task, released once it is booked."""
+    receipt: Receipt | None = None
 
 
 class Outbox:
     """Results waiting to leave, with a group commit: the receipts of every task that
-    finished in one turn of the event loop are booked in one transaction, and only then
-    do their results go out (one write per connection). A charge is thus always on disk
-    before its result leaves, at the cost of one transaction per turn, not per task."""
+    finished in one turn of the event loop are signed together (one signature over their
+    Merkle root) and booked in one transaction, and only then do their results go out
+    (one write per connection). A charge is thus always on disk before its result
+    leaves, at the cost of one signature and one transaction per turn, not per task."""
 
-    def __init__(self, accounting: Accounting | None) -> None:
+    def __init__(self, crypto: Sealer, accounting: Accounting | None) -> None:
+        self._crypto = crypto
         self._accounting = accounting
         self._queue: list[_Outgoing] = []
         self._scheduled = False
 
-    def put(self, writer: asyncio.StreamWriter, data: bytes, receipt: Receipt | None = None,
-            hold: tuple[bytes, int] | None = None) -> None:
-        self._queue.append(_Outgoing(writer, data, receipt, hold))
+    def put(self, item: _Outgoing) -> None:
+        self._queue.append(item)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         queue, self._queue, self._scheduled = self._queue, [], False
-        holds = [item.hold for item in queue if item.hold is not None]
+        drafted = [item for item in queue if item.draft is not None]
+        receipts = sign_receipts(self._crypto.identity, [i.draft for i in drafted if i.draft])
+        for item, receipt in zip(drafted, receipts, strict=True):
+            item.receipt = receipt
         books = self._accounting
         if books is not None:
-            receipts = [item.receipt for item in queue if item.receipt is not None]
+            holds = [item.hold for item in queue if item.hold is not None]
             try:
                 if receipts:
                     books.book(receipts)
@@ -208,7 +218,14 @@ class Outbox:
                     books.release(requester, price)
         by_writer: dict[asyncio.StreamWriter, list[bytes]] = {}
         for item in queue:
-            by_writer.setdefault(item.writer, []).append(item.data)
+            data = item.frame
+            if data is None:
+                result = TaskResult(item.task, item.out,
+                                    item.receipt.raw if item.receipt is not None else None)
+                _, data = self._crypto.seal_task(
+                    item.requester_key, result, DEFAULT_MAX_RESULT + ENVELOPE_SLACK
+                )
+            by_writer.setdefault(item.writer, []).append(data)
         for writer, frames in by_writer.items():
             if not writer.is_closing():
                 writer.write(b"".join(frames))
@@ -229,7 +246,7 @@ class TaskServer:
     ) -> None:
         self._crypto = crypto
         self._accounting = accounting
-        self._outbox = Outbox(accounting)
+        self._outbox = Outbox(crypto, accounting)
         self.on_request: RequestHandler | None = None
         self.answers: tuple[type[wire.Request], ...] = ()
         """Request types besides tasks that ``on_request`` answers; others close the
@@ -357,16 +374,17 @@ class TaskServer:
             payload = error_payload("bad_output", f"output cannot be sent: {exc}")
             outcome = "failed"
             encoded_output = cbor.encode(payload)
-        receipt = sign_receipt(
-            self._crypto.identity,
+        draft = ReceiptDraft(
             task=env.nonce, skill=request.skill, price=price, requester_key=env.public_key,
             input_hash=hashlib.sha256(request.input).digest(),
             output_hash=hashlib.sha256(encoded_output).digest(),
             time_ms=int(self._crypto.clock() * 1000), outcome=outcome,
             duration_ms=int((loop.time() - started) * 1000),
         )
-        # Booked (in the outbox's group commit) before the result leaves.
-        self._reply(env, encoded_output, writer, receipt=receipt, hold=hold)
+        # Signed with the others of this turn and booked (the outbox's group commit)
+        # before the result leaves.
+        self._outbox.put(_Outgoing(writer, None, env.public_key, env.nonce, encoded_output,
+                                   draft, hold))
 
     @staticmethod
     def _peer_host(writer: asyncio.StreamWriter) -> str:
@@ -435,15 +453,11 @@ class TaskServer:
         return output
 
     def _refuse(self, env: wire.Envelope, refusal: TaskRefusal, writer: Any) -> None:
-        self._reply(env, cbor.encode(error_payload(refusal.code, str(refusal))), writer)
-
-    def _reply(self, env: wire.Envelope, out: bytes, writer: Any, *,
-               receipt: Receipt | None = None, hold: tuple[bytes, int] | None = None) -> None:
-        result = TaskResult(env.nonce, out, receipt.raw if receipt is not None else None)
+        out = cbor.encode(error_payload(refusal.code, str(refusal)))
         _, data = self._crypto.seal_task(
-            env.public_key, result, DEFAULT_MAX_RESULT + ENVELOPE_SLACK
+            env.public_key, TaskResult(env.nonce, out), DEFAULT_MAX_RESULT + ENVELOPE_SLACK
         )
-        self._outbox.put(writer, data, receipt, hold)
+        self._outbox.put(_Outgoing(writer, data))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ from knarr.config import EconomyConfig
 from knarr.errors import KnarrError, RequestTimeout, TaskFailed, TaskRefused, TaskTimedOut
 from knarr.node import taskchannel
 from knarr.node.dht import DhtSettings
-from knarr.node.economy import InvalidReceipt, Receipt, sign_receipt, to_micro
+from knarr.node.economy import (
+    InvalidReceipt,
+    Receipt,
+    ReceiptDraft,
+    sign_receipt,
+    sign_receipts,
+    to_micro,
+)
 from knarr.node.identity import Identity
 from knarr.node.ledger import Ledger
 from knarr.node.node import Node
@@ -93,6 +100,20 @@ async def test_a_completed_task_leaves_the_same_receipt_on_both_sides(
     assert books_problems(requester.store) == books_problems(provider.store) == []
 
 
+def lying(
+    liar: Identity, lie: Callable[[Signer, Identity, dict[str, Any]], Receipt]
+) -> Callable[[Identity, Sequence[ReceiptDraft]], list[Receipt]]:
+    """A stand-in for the task server's batch signer that tells ``lie`` on every receipt
+    ``liar`` signs."""
+
+    def sign(identity: Identity, drafts: Sequence[ReceiptDraft]) -> list[Receipt]:
+        if identity is liar:
+            return [lie(sign_receipt, identity, dataclasses.asdict(d)) for d in drafts]
+        return sign_receipts(identity, drafts)
+
+    return sign
+
+
 def _inflate_price(real: Signer, identity: Identity, fields: dict[str, Any]) -> Receipt:
     return real(identity, **fields | {"price": fields["price"] + 1})
 
@@ -153,14 +174,7 @@ async def test_a_lying_provider_is_refused_and_the_honest_one_is_used(
     requester = await make_node()
     liar = await serving(make_node, requester, upper)
     honest = await serving(make_node, requester, upper)
-    real = sign_receipt
-
-    def sign(identity: Identity, **fields: Any) -> Receipt:
-        if identity is liar.identity:
-            return lie(real, identity, fields)
-        return real(identity, **fields)
-
-    monkeypatch.setattr(taskchannel, "sign_receipt", sign)
+    monkeypatch.setattr(taskchannel, "sign_receipts", lying(liar.identity, lie))
     for _ in range(3):  # the liar has a good name, so it is tried first
         requester.ledger.observe(liar.node_id, "completed", 1.0)
     record, output = await requester.request_detailed("upper", {"text": "hi"})
@@ -184,9 +198,7 @@ async def test_a_lie_about_the_price_cannot_be_collected(
 ) -> None:
     requester = await make_node()
     liar = await serving(make_node, requester, upper)
-    real = sign_receipt
-    monkeypatch.setattr(taskchannel, "sign_receipt",
-                        lambda identity, **f: _inflate_price(real, identity, f))
+    monkeypatch.setattr(taskchannel, "sign_receipts", lying(liar.identity, _inflate_price))
     with pytest.raises(InvalidReceipt):
         await requester.request("upper", {"text": "hi"})
     assert requester.ledger.receipts() == []
@@ -319,6 +331,25 @@ async def test_the_call_past_the_credit_limit_is_refused_clearly(
     assert len(provider.ledger.receipts()) == len(requester.ledger.receipts()) == 3
     assert provider.ledger.balance(requester.node_id) == to_micro(3)
     assert requester.ledger.reputation()[provider.node_id].failures == 0  # not its fault
+
+
+async def test_tasks_that_finish_together_share_one_signature_and_both_books_agree(
+    make_node: NodeFactory,
+) -> None:
+    requester = await make_node()
+    gate = Gate()
+    provider = await serving(make_node, requester, gate)
+    calls = asyncio.gather(*(requester.request("upper", {"text": str(i)}) for i in range(10)))
+    await wait_for(lambda: gate.entered == 10)
+    gate.release.set()  # all ten finish in one turn: one batch, one signature
+    assert await calls == [{"text": "done"}] * 10
+    raws = [bytes(row[0]) for row in provider.store.execute("SELECT raw FROM receipts")]
+    assert len(raws) == 10 and {raw[2] for raw in raws} == {2}
+    assert len({raw[-64:] for raw in raws}) == 1
+    assert charged(requester, provider.node_id) == charged(provider, requester.node_id)
+    assert len(charged(provider, requester.node_id)) == 10
+    assert provider.ledger.balance(requester.node_id) == to_micro(10)
+    assert books_problems(requester.store) == books_problems(provider.store) == []
 
 
 async def test_concurrent_calls_cannot_overrun_the_limit(make_node: NodeFactory) -> None:

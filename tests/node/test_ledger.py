@@ -8,6 +8,7 @@ test is exact. :func:`books_problems` is the consistency check the networked sui
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator
@@ -22,19 +23,23 @@ from knarr.config import EconomyConfig
 from knarr.errors import MistypedMessage
 from knarr.node import cbor
 from knarr.node.economy import (
+    MAX_BATCH,
     MICRO,
     RECEIPT_MAGIC,
     InvalidReceipt,
     ProviderStats,
     Receipt,
+    ReceiptDraft,
     Statement,
     check_receipt,
     digest,
     parse_receipt,
+    path_length,
     rank,
     receipts_hash,
     reputation_score,
     sign_receipt,
+    sign_receipts,
     to_credits,
     to_micro,
     wilson_lower_bound,
@@ -250,7 +255,7 @@ def _good_body() -> dict[str, Any]:
         (lambda: b"XX" + make_receipt().raw[2:], "not a knarr receipt"),
         (lambda: make_receipt().raw[:90], "not a knarr receipt"),
         (lambda: signed_raw(_good_body() | {"skill": "x" * 2100}), "not a knarr receipt"),
-        (lambda: signed_raw(_good_body(), version=2), "unsupported receipt version 2"),
+        (lambda: signed_raw(_good_body(), version=3), "unsupported receipt version 3"),
         (lambda: signed_raw(_good_body() | {"tip": 5}), "missing or unexpected fields"),
         (lambda: signed_raw({k: v for k, v in _good_body().items() if k != "req"}),
          "missing or unexpected fields"),
@@ -275,6 +280,69 @@ def test_a_malformed_receipt_is_rejected_with_the_reason(
 ) -> None:
     with pytest.raises(InvalidReceipt, match=why):
         parse_receipt(raw())
+
+
+def drafts(count: int) -> list[ReceiptDraft]:
+    return [
+        ReceiptDraft(task=i.to_bytes(16, "big"), skill="upper", price=PRICE,
+                     requester_key=REQUESTER.public_key, input_hash=digest(INPUT),
+                     output_hash=OUTPUT_HASH, time_ms=NOW_MS, outcome="completed",
+                     duration_ms=i)
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 13, 64, MAX_BATCH, MAX_BATCH + 44])
+def test_receipts_signed_in_a_batch_each_verify_on_their_own(count: int) -> None:
+    signed = sign_receipts(PROVIDER, drafts(count))
+    assert [r.task for r in signed] == [d.task for d in drafts(count)]
+    for i, receipt in enumerate(signed):
+        parsed = parse_receipt(receipt.raw)
+        assert dataclasses.asdict(parsed) == dataclasses.asdict(receipt)
+        assert parsed.id == receipt.id and parsed.duration_ms == i
+        position, size = i % MAX_BATCH, min(count - i // MAX_BATCH * MAX_BATCH, MAX_BATCH)
+        if size == 1:
+            assert receipt.raw[2] == 1 and receipt.id == hashlib.sha256(receipt.raw).hexdigest()
+            continue
+        assert receipt.raw[2] == 2
+        assert receipt.raw[-68:-64] == position.to_bytes(2, "big") + size.to_bytes(2, "big")
+        fields = receipt.raw[: len(receipt.raw) - 68 - 32 * path_length(position, size)]
+        assert receipt.id == hashlib.sha256(b"\x00" + fields).hexdigest()
+    assert len({r.id for r in signed}) == count
+    assert len({r.raw[-64:] for r in signed}) == -(-count // MAX_BATCH)  # one per batch
+
+
+def test_the_paths_of_a_batch_are_as_long_as_rfc_9162_says() -> None:
+    # Tree of 5 leaves: ((0 1)(2 3)) 4. Leaf 4 hangs one level below the root.
+    assert [path_length(i, 5) for i in range(5)] == [3, 3, 3, 3, 1]
+    assert [path_length(i, 7) for i in range(7)] == [3, 3, 3, 3, 3, 3, 2]
+    assert {path_length(i, MAX_BATCH) for i in range(MAX_BATCH)} == {8}
+
+
+def test_a_batch_receipt_with_any_byte_changed_is_refused() -> None:
+    receipt = sign_receipts(PROVIDER, drafts(5))[2]
+    parse_receipt(receipt.raw)  # its root signature is now remembered as verified
+    for at in range(3, len(receipt.raw)):
+        tampered = bytearray(receipt.raw)
+        tampered[at] ^= 0x01
+        with pytest.raises(InvalidReceipt):
+            parse_receipt(bytes(tampered))
+
+
+def test_a_batch_receipt_cannot_be_rewritten_into_another_with_the_same_fields() -> None:
+    """Leaf 1 of 3 has the path (leaf 0, leaf 2), and so would leaf 1 of 4 with the same
+    hashes: the size is signed with the root, so the rewritten receipt is refused."""
+    receipt = sign_receipts(PROVIDER, drafts(3))[1]
+    assert receipt.raw[-68:-64] == b"\x00\x01\x00\x03"
+    rewritten = receipt.raw[:-66] + b"\x00\x04" + receipt.raw[-64:]
+    with pytest.raises(InvalidReceipt, match="receipt rejected"):
+        parse_receipt(rewritten)
+    too_big = receipt.raw[:-66] + (MAX_BATCH + 1).to_bytes(2, "big") + receipt.raw[-64:]
+    with pytest.raises(InvalidReceipt, match="impossible"):
+        parse_receipt(too_big)
+    past_the_end = receipt.raw[:-68] + b"\x00\x03\x00\x03" + receipt.raw[-64:]
+    with pytest.raises(InvalidReceipt, match="impossible"):
+        parse_receipt(past_the_end)
 
 
 def test_micro_credits_are_exact_and_reject_nonsense() -> None:

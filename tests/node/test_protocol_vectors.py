@@ -11,6 +11,7 @@ the encoding does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -27,12 +28,14 @@ from knarr.node.contact import Contact
 from knarr.node.dht import VALUE_PAD
 from knarr.node.economy import (
     Receipt,
+    ReceiptDraft,
     Statement,
     check_receipt,
     digest,
     parse_receipt,
     receipts_hash,
     sign_receipt,
+    sign_receipts,
 )
 from knarr.node.identity import Identity, node_id_of, verify
 from knarr.node.lookup import RttEstimator
@@ -187,6 +190,34 @@ def receipt() -> Receipt:
     )
 
 
+BATCH_TASKS = (REQUEST_NONCE, bytes(range(16, 32)), bytes(range(32, 48)))
+
+
+@cache
+def batch() -> list[Receipt]:
+    """The receipts of three tasks like section 9.5's, signed as one batch."""
+    fields = dataclasses.asdict(receipt_draft())
+    return sign_receipts(BOB, [ReceiptDraft(**fields | {"task": t}) for t in BATCH_TASKS])
+
+
+def receipt_draft() -> ReceiptDraft:
+    return ReceiptDraft(
+        task=REQUEST_NONCE, skill="echo", price=PRICE, requester_key=ALICE.public_key,
+        input_hash=digest(TASK_INPUT),
+        output_hash=hashlib.sha256(cbor.encode({"ok": TASK_OUTPUT})).digest(),
+        time_ms=NOW_MS, outcome="completed", duration_ms=RECEIPT_MS,
+    )
+
+
+def batch_root_message() -> bytes:
+    """What BOB signed for :func:`batch`, rebuilt from the leaves by hand."""
+    leaves = [hashlib.sha256(b"\x00" + r.raw[:-68 - 64]).digest() for r in batch()[:2]]
+    leaves.append(hashlib.sha256(b"\x00" + batch()[2].raw[:-68 - 32]).digest())
+    left = hashlib.sha256(b"\x01" + leaves[0] + leaves[1]).digest()
+    root = hashlib.sha256(b"\x01" + left + leaves[2]).digest()
+    return b"RR\x02" + BOB.public_key + b"\x00\x03" + root
+
+
 def mail_payload() -> dict[str, Any]:
     return {"type": MAIL_TYPE, "body": check_payload(MAIL_TYPE, MAIL_BODY), "sent": MAIL_SENT}
 
@@ -284,6 +315,8 @@ def expected_vectors() -> dict[str, bytes]:
     vectors["mail.box"] = mail_box()
     vectors["receipt.echo"] = receipt().raw
     vectors["receipt.echo.id"] = bytes.fromhex(receipt().id)
+    vectors["receipt.batch.0"] = batch()[0].raw
+    vectors["receipt.batch.root_message"] = batch_root_message()
     vectors["settlement.statement"] = statement().encode()
     for name, (method, path, content_hash) in SIDECAR_REQUESTS.items():
         headers = sidecar_headers(name)
@@ -554,6 +587,23 @@ def test_receipt_vector_parses_to_the_stated_fields() -> None:
     verify(BOB.public_key, raw[:-64], raw[-64:])
     assert vectors["receipt.echo.id"] == hashlib.sha256(raw).digest()
     assert f"SHA-256 of the {len(raw)} bytes above" in doc_flat()
+
+
+def test_batch_receipt_vector_proves_itself_through_its_path() -> None:
+    vectors = doc_vectors()
+    raw, message = vectors["receipt.batch.0"], vectors["receipt.batch.root_message"]
+    parsed = parse_receipt(raw)
+    assert raw[:3] == b"RC\x02" and raw[-68:-64] == b"\x00\x00\x00\x03"
+    assert (parsed.task, parsed.skill, parsed.price) == (REQUEST_NONCE, "echo", PRICE)
+    fields = raw[:-68 - 64]  # index 0 of 3: a path of two hashes
+    assert fields[3:] == receipt().raw[3:-64]  # the same key and body as section 9.6's
+    leaf = hashlib.sha256(b"\x00" + fields).digest()
+    assert parsed.id == leaf.hex()
+    sibling, uncle = raw[-68 - 64:-68 - 32], raw[-68 - 32:-68]
+    root = hashlib.sha256(b"\x01" + hashlib.sha256(b"\x01" + leaf + sibling).digest() + uncle)
+    assert message == b"RR\x02" + BOB.public_key + b"\x00\x03" + root.digest()
+    verify(BOB.public_key, message, raw[-64:])
+    assert f"{len(raw)} bytes" in doc_flat()
 
 
 def test_settlement_vectors_carry_one_statement_signed_by_both_sides() -> None:
