@@ -175,13 +175,15 @@ def uploader(node: Node, files: Mapping[str, Path]) -> Callable[
         if not files:
             return data
         from knarr.node.sidecar import upload_file
+        from knarr.node.taskchannel import provider_address
 
         if not record.sidecar_port:
             raise SidecarMissing(f"provider {_short(record.provider_id.hex())} has no sidecar")
+        host = await provider_address(record.host, record.sidecar_port, node.client.resolver)
         for key, path in files.items():
             size = path.stat().st_size
             digest, _ = await upload_file(
-                record.host, record.sidecar_port, path, node.identity,
+                host, record.sidecar_port, path, node.identity,
                 progress=progress_printer(f"Uploading {path.name}", size),
             )
             data[key] = asset_uri(digest)
@@ -195,16 +197,20 @@ async def download_outputs(
 ) -> dict[str, Path]:
     """Download every top-level ``knarr-asset://`` value of a result into ``folder``."""
     from knarr.node.sidecar import download_file, head_asset
+    from knarr.node.taskchannel import provider_address
 
     refs = asset_refs(output)
     if refs and not record.sidecar_port:
         raise SidecarMissing("the result names assets but the provider has no sidecar")
     folder.mkdir(parents=True, exist_ok=True)
     saved: dict[str, Path] = {}
+    if not refs:
+        return saved
+    host = await provider_address(record.host, record.sidecar_port, node.client.resolver)
     for key, digest in refs.items():
-        size = await head_asset(record.host, record.sidecar_port, digest, node.identity) or 0
+        size = await head_asset(host, record.sidecar_port, digest, node.identity) or 0
         saved[key] = await download_file(
-            record.host, record.sidecar_port, digest, node.identity, folder / digest,
+            host, record.sidecar_port, digest, node.identity, folder / digest,
             progress=progress_printer(f"Downloading {key}", size),
         )
     return saved

@@ -56,7 +56,7 @@ def names_local_host(host: str) -> bool:
     ``localhost``). Such a record is only usable between nodes on one machine: from
     anywhere else it would aim a requester's task connection, or a node's confirmation
     query, at the requester's own local services. (A name that only resolves to
-    loopback through DNS is not caught here.)"""
+    loopback through DNS is caught where it is resolved: :func:`connectable`.)"""
     lowered = host.lower().rstrip(".")
     if lowered == "localhost" or lowered.endswith(".localhost"):
         return True
@@ -64,6 +64,25 @@ def names_local_host(host: str) -> bool:
         return is_this_host(host)
     except ValueError:
         return False
+
+
+def connectable(host: str, addresses: Iterable[str]) -> list[str]:
+    """Of the addresses a record's ``host`` name resolved to, those a connection may go
+    to. A name that resolves to this machine without saying so (not ``localhost``) is
+    the DNS form of a record naming a loopback address: from anywhere else it would aim
+    our connection at our own local services, so those addresses are dropped. A name
+    that does say so only ever comes from a loopback peer (see :func:`names_local_host`)."""
+    if names_local_host(host):
+        return list(addresses)
+    usable = []
+    for address in addresses:
+        try:
+            if is_this_host(address):
+                continue
+        except ValueError:
+            continue
+        usable.append(address)
+    return usable
 
 
 def servable(kind: str, name: str) -> bool:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import math
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,6 +40,7 @@ from knarr.node.economy import (
     to_micro,
 )
 from knarr.node.identity import Identity
+from knarr.node.records import connectable
 from knarr.node.tasks import (
     ENVELOPE_SLACK,
     FRAME_HEADER,
@@ -513,11 +516,44 @@ class _Connection:
             self.writer.write(b"".join(frames) if len(frames) > 1 else frames[0])
 
 
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""Turns a host name and port into the addresses it stands for."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def provider_address(host: str, port: int, resolver: Resolver = system_resolver) -> str:
+    """Where to connect for a provider's ``host`` (from its signed record): an address as
+    it is; a name resolved here, never to this machine unless the name says so
+    (:func:`~knarr.node.records.connectable`). :class:`ProviderUnreachable` otherwise."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        resolved = await resolver(host, port)
+    except OSError as exc:
+        raise ProviderUnreachable(f"cannot resolve {host}: {exc}") from exc
+    usable = connectable(host, resolved)
+    if not usable:
+        shown = ", ".join(dict.fromkeys(resolved)) or "nothing"
+        raise ProviderUnreachable(
+            f"{host} resolves to this machine ({shown}); a provider elsewhere cannot "
+            "be reached there, so knarr does not connect"
+        )
+    return usable[0]
+
+
 class TaskClient:
     """Sends task requests to providers, one reusable connection per provider."""
 
     def __init__(self, crypto: Sealer, *, max_result: int = DEFAULT_MAX_RESULT) -> None:
         self._crypto = crypto
+        self.resolver: Resolver = system_resolver
         self.max_result = max_result
         self._connections: dict[tuple[str, int, bytes], _Connection] = {}
         self._late: OrderedDict[bytes, tuple[bytes, bytes, int | None, str]] = OrderedDict()
@@ -542,7 +578,12 @@ class TaskClient:
         self._connecting[key] = future
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port)
+                address = await provider_address(host, port, self.resolver)
+                reader, writer = await asyncio.open_connection(address, port)
+        except ProviderUnreachable as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or "timed out"
             error = ProviderUnreachable(f"cannot connect to {host}:{port}: {reason}")

@@ -807,6 +807,39 @@ def _unanswered_port() -> Iterator[int]:
         listener.close()
 
 
+async def test_a_provider_name_that_resolves_to_this_machine_is_not_dialled(
+    make_node: NodeFactory,
+) -> None:
+    """A record's host is its provider's word. A name that resolves to loopback would
+    aim our connection at our own local services; only a name that says so itself
+    (``localhost``, which only loopback peers' records may carry) is dialled there."""
+    async def echo(data: dict[str, Any]) -> dict[str, Any]:
+        return dict(data)
+
+    provider, requester = await _network(make_node, echo, "echo")
+    _, port = provider.address
+    asked: list[str] = []
+
+    async def resolver(host: str, _port: int) -> list[str]:
+        asked.append(host)
+        if host == "gone.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return ["127.0.0.1", "::1"]
+
+    requester.client.resolver = resolver
+    key = provider.identity.public_key
+    with pytest.raises(ProviderUnreachable, match=r"resolves to this machine \(127.0.0.1, ::1\)"):
+        await requester.client.call("provider.example", port, key, "echo", {"text": "x"})
+    with pytest.raises(ProviderUnreachable, match="cannot resolve gone.example"):
+        await requester.client.call("gone.example", port, key, "echo", {"text": "x"})
+    assert not provider.tasks._connections and provider.tasks.completed == 0
+    reply = await requester.client.call("localhost", port, key, "echo", {"text": "x"})
+    assert reply.output == {"text": "x"}
+    assert asked == ["provider.example", "gone.example", "localhost"]
+    await requester.client.call("127.0.0.1", port, key, "echo", {"text": "y"})
+    assert len(asked) == 3  # an address is not resolved
+
+
 async def test_a_connect_timeout_says_it_timed_out(make_node: NodeFactory) -> None:
     requester = await make_node()
     with _unanswered_port() as port:

@@ -14,7 +14,13 @@ import pytest
 
 from knarr.errors import InvalidRecord
 from knarr.node.identity import Identity
-from knarr.node.records import RecordStore, names_local_host, sign_record, skill_key
+from knarr.node.records import (
+    RecordStore,
+    connectable,
+    names_local_host,
+    sign_record,
+    skill_key,
+)
 from knarr.sim.loop import VirtualTimeLoop
 from knarr.sim.network import LatencyModel, SimNetwork
 from knarr.sim.swarm import HostPlan, Peer, Swarm, skill_sheet
@@ -34,6 +40,14 @@ NOW = 1_700_000_000
 )
 def test_which_hosts_mean_this_machine(host: str, local: bool) -> None:
     assert names_local_host(host) is local
+
+
+def test_a_name_may_resolve_to_this_machine_only_when_it_says_so() -> None:
+    resolved = ["127.0.0.1", "203.0.113.7", "::1", "0.0.0.0", "::ffff:127.0.0.2",
+                "2001:db8::1", "not-an-address"]
+    assert connectable("provider.example", resolved) == ["203.0.113.7", "2001:db8::1"]
+    assert connectable("provider.example", ["127.0.0.1"]) == []
+    assert connectable("localhost", ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
 
 
 def _local_record(peer: Peer, name: str, host: str = "127.0.0.1") -> bytes:
