@@ -40,7 +40,7 @@ from knarr.node.economy import (
     to_micro,
 )
 from knarr.node.identity import Identity
-from knarr.node.records import connectable
+from knarr.node.records import connectable, names_local_host
 from knarr.node.tasks import (
     ENVELOPE_SLACK,
     FRAME_HEADER,
@@ -525,27 +525,53 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def provider_address(host: str, port: int, resolver: Resolver = system_resolver) -> str:
-    """Where to connect for a provider's ``host`` (from its signed record): an address as
-    it is; a name resolved here, never to this machine unless the name says so
-    (:func:`~knarr.node.records.connectable`). :class:`ProviderUnreachable` otherwise."""
+async def provider_addresses(
+    host: str, port: int, resolver: Resolver = system_resolver
+) -> list[str]:
+    """Where to connect for a provider's ``host`` (from its signed record), in order: an
+    address as it is; a name resolved here, never to this machine unless the name says
+    so (:func:`~knarr.node.records.connectable`). Connecting to these addresses, not to
+    the name, means a second answer from DNS cannot swap one in.
+    :class:`ProviderUnreachable` if none is left."""
     try:
         ipaddress.ip_address(host)
-        return host
+        return [host]
     except ValueError:
         pass
     try:
         resolved = await resolver(host, port)
     except OSError as exc:
         raise ProviderUnreachable(f"cannot resolve {host}: {exc}") from exc
-    usable = connectable(host, resolved)
+    usable = list(dict.fromkeys(connectable(host, resolved)))
     if not usable:
         shown = ", ".join(dict.fromkeys(resolved)) or "nothing"
         raise ProviderUnreachable(
             f"{host} resolves to this machine ({shown}); a provider elsewhere cannot "
             "be reached there, so knarr does not connect"
         )
-    return usable[0]
+    return usable
+
+
+async def provider_address(host: str, port: int, resolver: Resolver = system_resolver) -> str:
+    """One address for :func:`provider_addresses`' ``host`` (the first), or the name
+    itself when it names this machine (``localhost``: nothing to vet, and an HTTP client
+    then tries each of its addresses)."""
+    usable = await provider_addresses(host, port, resolver)
+    return host if names_local_host(host) else usable[0]
+
+
+async def _open_first(
+    addresses: Sequence[str], port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the first of ``addresses`` that accepts one."""
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            return await asyncio.open_connection(address, port)
+        except OSError as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 class TaskClient:
@@ -578,8 +604,9 @@ class TaskClient:
         self._connecting[key] = future
         try:
             async with asyncio.timeout(timeout):
-                address = await provider_address(host, port, self.resolver)
-                reader, writer = await asyncio.open_connection(address, port)
+                reader, writer = await _open_first(
+                    await provider_addresses(host, port, self.resolver), port
+                )
         except ProviderUnreachable as exc:
             future.set_exception(exc)
             future.exception()
