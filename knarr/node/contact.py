@@ -93,6 +93,12 @@ def is_loopback(host: str) -> bool:
     return _unmapped(host).is_loopback
 
 
+def is_unspecified(host: str) -> bool:
+    """Whether the IP literal ``host`` is ``0.0.0.0`` or ``::`` in any form (IPv4-mapped
+    included): no peer listens there, and a datagram sent there reaches this machine."""
+    return _unmapped(host).is_unspecified
+
+
 def is_this_host(host: str) -> bool:
     """Whether the IP literal ``host`` means the machine that uses it: a loopback or
     unspecified address (IPv4-mapped ones included). ``ValueError`` if not an IP."""

@@ -28,7 +28,15 @@ from knarr.errors import (
     RequestTimeout,
 )
 from knarr.node import cbor, wire
-from knarr.node.contact import ID_BITS, ID_SIZE, Contact, distance, is_loopback, pack_ip
+from knarr.node.contact import (
+    ID_BITS,
+    ID_SIZE,
+    Contact,
+    distance,
+    is_loopback,
+    is_unspecified,
+    pack_ip,
+)
 from knarr.node.identity import Identity
 from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.ratelimit import RateLimiter
@@ -645,7 +653,7 @@ class Dht:
             pack_ip(contact.host)
         except ValueError:
             return False
-        return contact.host not in ("0.0.0.0", "::")
+        return not is_unspecified(contact.host)
 
     # ------------------------------------------------------------------ lookups
 

@@ -181,6 +181,28 @@ class _RawPeer(asyncio.DatagramProtocol):
         return wire.seal(self.identity, message, now_ms=_now_ms(), nonce=nonce)
 
 
+@pytest.mark.parametrize(
+    ("host", "via", "taken"),
+    [
+        ("203.0.113.7", "203.0.113.9", True),
+        ("2001:db8::7", "203.0.113.9", True),
+        ("0.0.0.0", "203.0.113.9", False),
+        ("::", "203.0.113.9", False),
+        ("::ffff:0.0.0.0", "203.0.113.9", False),  # the mapped form reaches this machine too
+        ("0.0.0.0", "127.0.0.1", False),  # nobody listens there, whoever says so
+        ("127.0.0.1", "203.0.113.9", False),
+        ("::ffff:127.0.0.1", "203.0.113.9", False),
+        ("127.0.0.1", "127.0.0.1", True),
+    ],
+)
+async def test_which_contacts_a_peer_may_tell_us_about(
+    make_node: NodeFactory, host: str, via: str, taken: bool,
+) -> None:
+    node = await make_node()
+    contact = Contact(Identity.generate().node_id, host, 9000)
+    assert node.dht._acceptable(contact, (via, 9000)) is taken  # a check only: nothing is sent
+
+
 def _now_ms() -> int:
     import time
 
