@@ -81,9 +81,12 @@ class Receipt:
 
     @cached_property
     def id(self) -> str:
-        """Unique per task: the hash of the signed receipt (for a receipt signed in a
-        batch, of its fields alone, so the id does not depend on how its path is written;
-        :func:`sign_receipts` and :func:`parse_receipt` set it)."""
+        """Unique per task: the hash of the signed receipt; for a receipt signed in a
+        batch, its leaf hash, of its fields alone, so the id does not depend on how its
+        path is written (:func:`sign_receipts` and :func:`parse_receipt` know it already
+        and set it)."""
+        if self.raw[2:3] == bytes([BATCH_VERSION]):
+            return _leaf(self.raw[:_batch_fields_end(self.raw)]).hex()
         return hashlib.sha256(self.raw).hexdigest()
 
     @property
@@ -139,7 +142,7 @@ class ReceiptDraft:
             self.output_hash, self.time_ms, self.outcome, self.duration_ms, provider_key, raw,
         )
         if leaf is not None:
-            receipt.__dict__["id"] = leaf.hex()  # what the cached property would compute
+            receipt.__dict__["id"] = leaf.hex()  # what the cached property would compute again
         return receipt
 
 
@@ -283,6 +286,15 @@ def parse_receipt(raw: bytes) -> Receipt:
     return draft.signed(key, raw, leaf)
 
 
+def _batch_fields_end(raw: bytes) -> int:
+    """Where a version 2 receipt's fields end and its path begins (its index and size
+    fix the path's length)."""
+    trailer = len(raw) - _BATCH_TRAILER
+    index = int.from_bytes(raw[trailer:trailer + 2], "big")
+    size = int.from_bytes(raw[trailer + 2:trailer + 4], "big")
+    return trailer - 32 * path_length(index, size)
+
+
 def _check_batch_proof(raw: bytes, key: bytes, prefix: int) -> tuple[int, bytes]:
     """Check a version 2 receipt's path and root signature; where its fields end and
     its leaf hash (which is also its id)."""
@@ -292,7 +304,7 @@ def _check_batch_proof(raw: bytes, key: bytes, prefix: int) -> tuple[int, bytes]
     size = int.from_bytes(size_bytes, "big")
     if not 2 <= size <= MAX_BATCH or index >= size:
         raise InvalidReceipt(f"receipt batch position {index} of {size} is impossible")
-    end = trailer - 32 * path_length(index, size)
+    end = _batch_fields_end(raw)
     if end <= prefix:
         raise InvalidReceipt("receipt is too short for its batch position")
     leaf = _leaf(raw[:end])

@@ -199,39 +199,55 @@ class Outbox:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Sign this turn's receipts, seal their results, book the receipts, then write.
+        Whatever fails drops only the results that carry a receipt, and only those not
+        booked: a receipt never leaves unbooked, and one that was booked always leaves."""
         queue, self._queue, self._scheduled = self._queue, [], False
-        drafted = [item for item in queue if item.draft is not None]
-        receipts = sign_receipts(self._crypto.identity, [i.draft for i in drafted if i.draft])
-        for item, receipt in zip(drafted, receipts, strict=True):
-            item.receipt = receipt
         books = self._accounting
-        if books is not None:
-            holds = [item.hold for item in queue if item.hold is not None]
-            try:
-                if receipts:
-                    books.book(receipts)
-            except Exception:
-                # Nothing was charged (the transaction rolled back): send no result that
-                # carries a receipt, so the two sides' books stay the same.
-                log.exception("booking %d receipts failed; their results are dropped",
-                              len(receipts))
-                queue = [item for item in queue if item.receipt is None]
-            finally:
+        holds = [item.hold for item in queue if item.hold is not None]
+        try:
+            queue = self._sign_and_seal(queue)
+            receipts = [item.receipt for item in queue if item.receipt is not None]
+            if books is not None and receipts:
+                books.book(receipts)
+        except Exception:
+            # Nothing was charged (the transaction rolled back, or it never began): send
+            # no result that carries a receipt, so the two sides' books stay the same.
+            log.exception("signing or booking this turn's receipts failed; their results "
+                          "are dropped")
+            queue = [item for item in queue if item.draft is None]
+        finally:
+            if books is not None:
                 for requester, price in holds:
                     books.release(requester, price)
         by_writer: dict[asyncio.StreamWriter, list[bytes]] = {}
         for item in queue:
-            data = item.frame
-            if data is None:
-                result = TaskResult(item.task, item.out,
-                                    item.receipt.raw if item.receipt is not None else None)
-                _, data = self._crypto.seal_task(
-                    item.requester_key, result, DEFAULT_MAX_RESULT + ENVELOPE_SLACK
-                )
-            by_writer.setdefault(item.writer, []).append(data)
+            if item.frame is not None:
+                by_writer.setdefault(item.writer, []).append(item.frame)
         for writer, frames in by_writer.items():
             if not writer.is_closing():
                 writer.write(b"".join(frames))
+
+    def _sign_and_seal(self, queue: list[_Outgoing]) -> list[_Outgoing]:
+        """Sign the drafted receipts in one batch and seal each result with its receipt;
+        a result that cannot be sealed is dropped here, before its receipt is booked."""
+        drafts = [item.draft for item in queue if item.draft is not None]
+        receipts = iter(sign_receipts(self._crypto.identity, drafts))
+        kept: list[_Outgoing] = []
+        for item in queue:  # in the order the tasks finished
+            if item.draft is not None:
+                item.receipt = receipt = next(receipts)
+                try:
+                    _, item.frame = self._crypto.seal_task(
+                        item.requester_key, TaskResult(item.task, item.out, receipt.raw),
+                        DEFAULT_MAX_RESULT + ENVELOPE_SLACK,
+                    )
+                except Exception:
+                    log.exception("sealing the result of task %s failed; it is dropped",
+                                  item.task.hex())
+                    continue
+            kept.append(item)
+        return kept
 
 
 class TaskServer:
@@ -540,7 +556,7 @@ async def provider_addresses(
         pass
     try:
         resolved = await resolver(host, port)
-    except OSError as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # a malformed name: UnicodeError
         raise ProviderUnreachable(f"cannot resolve {host}: {exc}") from exc
     usable = list(dict.fromkeys(connectable(host, resolved)))
     if not usable:

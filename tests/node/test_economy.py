@@ -253,6 +253,32 @@ async def test_a_result_after_the_requester_gave_up_is_still_booked(
     assert provider.ledger.balance(requester.node_id) == to_micro(1)
 
 
+@pytest.mark.parametrize("fails", ["signing", "booking"])
+async def test_a_turn_whose_receipts_fail_sends_no_result_and_holds_no_credit(
+    make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch, fails: str,
+) -> None:
+    requester = await make_node()
+    provider = await serving(make_node, requester, upper, economy=EconomyConfig(credit_limit=1))
+
+    def broken(*_: Any) -> Any:
+        raise OSError("disk full")
+
+    if fails == "signing":
+        monkeypatch.setattr(taskchannel, "sign_receipts", broken)
+    else:
+        monkeypatch.setattr(provider.tasks._outbox._accounting, "book", broken)
+    host, port = provider.address
+    with pytest.raises(RequestTimeout):  # no result, since no receipt could be booked
+        await requester.client.call(host, port, provider.identity.public_key, "upper",
+                                    {"text": "a"}, timeout=0.1, max_price=to_micro(1))
+    assert provider.ledger.receipts() == requester.ledger.receipts() == []
+    monkeypatch.undo()
+    # A credit of 1 at a price of 1: this call is refused if the first one's hold leaked.
+    assert await requester.request("upper", {"text": "b"}) == {"text": "B"}
+    assert provider.ledger.balance(requester.node_id) == to_micro(1)
+    assert books_problems(requester.store) == books_problems(provider.store) == []
+
+
 # ------------------------------------------------------------------------ balances
 
 PRICES = (0.5, 1.0, 1.25, 2.0)

@@ -300,6 +300,7 @@ def test_receipts_signed_in_a_batch_each_verify_on_their_own(count: int) -> None
         parsed = parse_receipt(receipt.raw)
         assert dataclasses.asdict(parsed) == dataclasses.asdict(receipt)
         assert parsed.id == receipt.id and parsed.duration_ms == i
+        assert dataclasses.replace(receipt).id == receipt.id  # worked out afresh from raw
         position, size = i % MAX_BATCH, min(count - i // MAX_BATCH * MAX_BATCH, MAX_BATCH)
         if size == 1:
             assert receipt.raw[2] == 1 and receipt.id == hashlib.sha256(receipt.raw).hexdigest()

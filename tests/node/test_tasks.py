@@ -824,6 +824,8 @@ async def test_a_provider_name_that_resolves_to_this_machine_is_not_dialled(
         asked.append(host)
         if host == "gone.example":
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if host == "bad..name":  # what getaddrinfo raises for an empty label
+            raise UnicodeError("encoding with 'idna' codec failed (label empty or too long)")
         return ["::1", "127.0.0.1"]  # the provider listens on 127.0.0.1 only
 
     requester.client.resolver = resolver
@@ -832,12 +834,14 @@ async def test_a_provider_name_that_resolves_to_this_machine_is_not_dialled(
         await requester.client.call("provider.example", port, key, "echo", {"text": "x"})
     with pytest.raises(ProviderUnreachable, match="cannot resolve gone.example"):
         await requester.client.call("gone.example", port, key, "echo", {"text": "x"})
+    with pytest.raises(ProviderUnreachable, match="cannot resolve bad..name"):
+        await requester.client.call("bad..name", port, key, "echo", {"text": "x"})
     assert not provider.tasks._connections and provider.tasks.completed == 0
     reply = await requester.client.call("localhost", port, key, "echo", {"text": "x"})
     assert reply.output == {"text": "x"}
-    assert asked == ["provider.example", "gone.example", "localhost"]
+    assert asked == ["provider.example", "gone.example", "bad..name", "localhost"]
     await requester.client.call("127.0.0.1", port, key, "echo", {"text": "y"})
-    assert len(asked) == 3  # an address is not resolved
+    assert len(asked) == 4  # an address is not resolved
 
 
 async def test_a_connect_timeout_says_it_timed_out(make_node: NodeFactory) -> None:
