@@ -868,16 +868,29 @@ class Dht:
         """Stop republishing ``name`` (its records expire where they are stored)."""
         self._published.pop(name, None)
 
+    def _unsettled(self, pub: _Publication) -> tuple[bool, bool]:
+        """Whether ``pub`` was stored into a smaller network than we know now (it has
+        grown), and whether some of its STOREs were missed."""
+        s = self.settings
+        grown = pub.table_size < s.k and len(self.table) > pub.table_size
+        missed = pub.stored < min(s.k, pub.table_size) * len(pub.record.keys())
+        return grown, missed
+
+    def unsettled(self) -> list[str]:
+        """Names of our records that maintenance will soon store again: published into
+        a smaller network than we know now, or with STOREs missed. Until then some of
+        the nodes now responsible for them may not hold them."""
+        return sorted(name for name, pub in self._published.items() if any(self._unsettled(pub)))
+
     async def republish(self, *, force: bool = False) -> int:
         """Publish again every record that is due (or all, with ``force``)."""
         now = self.clock()
         count = 0
         s = self.settings
         for name, pub in list(self._published.items()):
-            grown = pub.table_size < s.k and len(self.table) > pub.table_size
+            grown, missed = self._unsettled(pub)
             # A STORE lost or a node too slow while the network formed: try again soon
             # (backing off) instead of leaving that node without the record for an hour.
-            missed = pub.stored < min(s.k, pub.table_size) * len(pub.record.keys())
             retry = missed and now - pub.at >= s.maintenance_interval * 2 ** min(pub.short, 10)
             if not (force or grown or retry or now - pub.at >= s.republish_interval):
                 continue

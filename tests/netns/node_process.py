@@ -12,7 +12,8 @@ JSON reply line per JSON command line:
 - ``{"op": "find", "name": N}`` or ``{"op": "find", "tag": T}`` →
   ``{"found": ["<provider id>:<skill>", ...]}`` (sorted)
 - ``{"op": "announce", "name": N, "tags": [...]}`` → ``{"announced": N}``
-- ``{"op": "stats"}`` → ``{"table": [peer addresses], "records": n, ...}``
+- ``{"op": "stats"}`` → ``{"table": [peer addresses], "records": n, "unsettled": [names
+  of this node's records that maintenance will soon store again], ...}``
 - ``{"op": "quit"}`` → ``{"bye": true}``, then the node stops.
 
 With ``--loss`` / ``--delay-ms`` the UDP network is wrapped in ``ImpairedNetwork``, which
@@ -87,6 +88,7 @@ async def answer(node: Node, command: dict[str, Any]) -> dict[str, Any]:
             "table": sorted(f"{e.contact.host}:{e.contact.port}"
                             for e in node.dht.table.contacts()),
             "records": len(node.dht.records),
+            "unsettled": node.dht.unsettled(),
             "sent": stats.sent,
             "received": stats.received,
             "timeouts": stats.timeouts,

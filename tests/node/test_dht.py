@@ -203,6 +203,27 @@ async def test_which_contacts_a_peer_may_tell_us_about(
     assert node.dht._acceptable(contact, (via, 9000)) is taken  # a check only: nothing is sent
 
 
+async def test_a_record_published_into_a_smaller_network_is_unsettled_until_stored_again(
+    make_node: NodeFactory,
+) -> None:
+    first = await make_node()
+    await first.announce(sheet("early"))  # into a network of one
+    assert first.dht.unsettled() == []  # nobody else to hold it: nothing missed
+    second = await make_node()
+    await second.join([f"127.0.0.1:{first.port}"])
+    await wait_for(lambda: len(first.dht.table) == 1)
+    assert first.dht.unsettled() == ["early"]  # the network grew since it was stored
+    def held() -> int:
+        [record] = second.dht.records.get(skill_key("early"), now_s=int(second.dht.clock()))
+        return record.seq
+
+    await wait_for(lambda: bool(second.dht.records.get(skill_key("early"), now_s=0)))
+    before = held()  # handed over when the two met
+    await first.dht.maintain()  # stores a fresh version, into the network as it is now
+    assert first.dht.unsettled() == []
+    assert held() > before
+
+
 def _now_ms() -> int:
     import time
 
