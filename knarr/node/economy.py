@@ -86,7 +86,8 @@ class Receipt:
         path is written (:func:`sign_receipts` and :func:`parse_receipt` know it already
         and set it)."""
         if self.raw[2:3] == bytes([BATCH_VERSION]):
-            return _leaf(self.raw[:_batch_fields_end(self.raw)]).hex()
+            _, _, end = _batch_position(self.raw)
+            return _leaf(self.raw[:end]).hex()
         return hashlib.sha256(self.raw).hexdigest()
 
     @property
@@ -146,9 +147,23 @@ class ReceiptDraft:
         return receipt
 
 
-def sign_receipt(provider: Identity, **fields: Any) -> Receipt:
+def sign_receipt(
+    provider: Identity,
+    *,
+    task: bytes,
+    skill: str,
+    price: int,
+    requester_key: bytes,
+    input_hash: bytes,
+    output_hash: bytes,
+    time_ms: int,
+    outcome: str,
+    duration_ms: int,
+) -> Receipt:
     """One receipt, signed on its own (version 1)."""
-    return sign_receipts(provider, [ReceiptDraft(**fields)])[0]
+    draft = ReceiptDraft(task, skill, price, requester_key, input_hash, output_hash, time_ms,
+                         outcome, duration_ms)
+    return sign_receipts(provider, [draft])[0]
 
 
 def sign_receipts(provider: Identity, drafts: Sequence[ReceiptDraft]) -> list[Receipt]:
@@ -286,33 +301,30 @@ def parse_receipt(raw: bytes) -> Receipt:
     return draft.signed(key, raw, leaf)
 
 
-def _batch_fields_end(raw: bytes) -> int:
-    """Where a version 2 receipt's fields end and its path begins (its index and size
-    fix the path's length)."""
+def _batch_position(raw: bytes) -> tuple[int, int, int]:
+    """A version 2 receipt's index, its batch's size, and where its fields end and its
+    path begins (the index and size fix the path's length)."""
     trailer = len(raw) - _BATCH_TRAILER
     index = int.from_bytes(raw[trailer:trailer + 2], "big")
     size = int.from_bytes(raw[trailer + 2:trailer + 4], "big")
-    return trailer - 32 * path_length(index, size)
+    return index, size, trailer - 32 * path_length(index, size)
 
 
 def _check_batch_proof(raw: bytes, key: bytes, prefix: int) -> tuple[int, bytes]:
     """Check a version 2 receipt's path and root signature; where its fields end and
     its leaf hash (which is also its id)."""
-    trailer = len(raw) - _BATCH_TRAILER
-    index = int.from_bytes(raw[trailer:trailer + 2], "big")
-    size_bytes = raw[trailer + 2:trailer + 4]
-    size = int.from_bytes(size_bytes, "big")
+    index, size, end = _batch_position(raw)
     if not 2 <= size <= MAX_BATCH or index >= size:
         raise InvalidReceipt(f"receipt batch position {index} of {size} is impossible")
-    end = _batch_fields_end(raw)
     if end <= prefix:
         raise InvalidReceipt("receipt is too short for its batch position")
     leaf = _leaf(raw[:end])
-    path = [raw[i:i + 32] for i in range(end, trailer, 32)]
+    path = [raw[i:i + 32] for i in range(end, len(raw) - _BATCH_TRAILER, 32)]
     root = _root_of(leaf, index, size, path)
     if root is None:  # pragma: no cover - path_length fits the path to index and size
         raise InvalidReceipt("receipt path does not fit its batch position")
-    _verify_root(key, _root_message(key, size_bytes, root), raw[-SIGNATURE_SIZE:])
+    message = _root_message(key, size.to_bytes(2, "big"), root)
+    _verify_root(key, message, raw[-SIGNATURE_SIZE:])
     return end, leaf
 
 
