@@ -556,7 +556,7 @@ async def provider_addresses(
         pass
     try:
         resolved = await resolver(host, port)
-    except (OSError, UnicodeError, ValueError) as exc:  # a malformed name: UnicodeError
+    except (OSError, ValueError) as exc:  # a malformed name ("a..b"): UnicodeError
         raise ProviderUnreachable(f"cannot resolve {host}: {exc}") from exc
     usable = list(dict.fromkeys(connectable(host, resolved)))
     if not usable:
