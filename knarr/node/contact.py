@@ -93,6 +93,7 @@ def is_loopback(host: str) -> bool:
     return _unmapped(host).is_loopback
 
 
+@lru_cache(maxsize=65536)  # asked of every contact in every NODES reply, as is_loopback
 def is_unspecified(host: str) -> bool:
     """Whether the IP literal ``host`` is ``0.0.0.0`` or ``::`` in any form (IPv4-mapped
     included): no peer listens there, and a datagram sent there reaches this machine."""
