@@ -24,6 +24,7 @@ from knarr.errors import KnarrError, RequestTimeout, TaskFailed, TaskRefused, Ta
 from knarr.node import taskchannel
 from knarr.node.dht import DhtSettings
 from knarr.node.economy import (
+    BATCH_VERSION,
     InvalidReceipt,
     Receipt,
     ReceiptDraft,
@@ -100,15 +101,26 @@ async def test_a_completed_task_leaves_the_same_receipt_on_both_sides(
     assert books_problems(requester.store) == books_problems(provider.store) == []
 
 
+def sign_in_a_batch(provider: Identity, **fields: Any) -> Receipt:
+    """:func:`sign_receipt` as version 2: the receipt is signed in a batch beside a decoy,
+    so its signature covers a Merkle root and it carries its path to that root."""
+    draft = ReceiptDraft(**fields)
+    decoy = dataclasses.replace(draft, task=bytes(reversed(draft.task)))
+    receipt = sign_receipts(provider, [draft, decoy])[0]
+    assert receipt.raw[2] == BATCH_VERSION  # the version byte, after the magic
+    return receipt
+
+
 def lying(
-    liar: Identity, lie: Callable[[Signer, Identity, dict[str, Any]], Receipt]
+    liar: Identity, lie: Callable[[Signer, Identity, dict[str, Any]], Receipt],
+    signer: Signer = sign_receipt,
 ) -> Callable[[Identity, Sequence[ReceiptDraft]], list[Receipt]]:
     """A stand-in for the task server's batch signer that tells ``lie`` on every receipt
-    ``liar`` signs."""
+    ``liar`` signs, signing it with ``signer``."""
 
     def sign(identity: Identity, drafts: Sequence[ReceiptDraft]) -> list[Receipt]:
         if identity is liar:
-            return [lie(sign_receipt, identity, dataclasses.asdict(d)) for d in drafts]
+            return [lie(signer, identity, dataclasses.asdict(d)) for d in drafts]
         return sign_receipts(identity, drafts)
 
     return sign
@@ -167,14 +179,15 @@ def _bad_signature(real: Signer, identity: Identity, fields: dict[str, Any]) -> 
     ids=["price", "output", "input", "task", "requester", "skill", "outcome", "signer",
          "signature"],
 )
+@pytest.mark.parametrize("signer", [sign_receipt, sign_in_a_batch], ids=["v1", "v2"])
 async def test_a_lying_provider_is_refused_and_the_honest_one_is_used(
     make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch,
-    lie: Callable[[Signer, Identity, dict[str, Any]], Receipt], why: str,
+    lie: Callable[[Signer, Identity, dict[str, Any]], Receipt], why: str, signer: Signer,
 ) -> None:
     requester = await make_node()
     liar = await serving(make_node, requester, upper)
     honest = await serving(make_node, requester, upper)
-    monkeypatch.setattr(taskchannel, "sign_receipts", lying(liar.identity, lie))
+    monkeypatch.setattr(taskchannel, "sign_receipts", lying(liar.identity, lie, signer))
     for _ in range(3):  # the liar has a good name, so it is tried first
         requester.ledger.observe(liar.node_id, "completed", 1.0)
     record, output = await requester.request_detailed("upper", {"text": "hi"})
