@@ -78,3 +78,22 @@ def test_the_least_recently_active_source_is_forgotten_first() -> None:
     assert not limiter.allow("old", 0.0)  # still remembered: still empty
     # busy was forgotten, so it starts again with a full bucket.
     assert limiter.allow("busy", 0.0)
+
+
+def test_a_source_idle_until_its_bucket_is_full_again_is_forgotten() -> None:
+    limiter = RateLimiter(rate=2.0, burst=4.0)  # empty to full in 2 s
+    for i in range(100):
+        limiter.allow(("10.0.0.1", i), i / 100)  # 100 sources within a second
+    assert len(limiter) == 100
+    for step in range(40):  # then one source, busy for 4 s: the rest age out
+        limiter.allow("busy", 1.0 + step / 10)
+    assert len(limiter) == 1
+    # A forgotten source is as it was before it came: a full bucket.
+    assert allowed(limiter, ("10.0.0.1", 0), 5.0, 10) == 4
+
+
+def test_a_source_still_refilling_is_remembered() -> None:
+    limiter = RateLimiter(rate=2.0, burst=4.0)
+    assert allowed(limiter, "a", 0.0, 10) == 4
+    limiter.allow("b", 1.9)  # "a" has 3.8 tokens: not yet full, so not forgotten
+    assert allowed(limiter, "a", 1.9, 10) == 3
