@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -182,6 +183,10 @@ async def run(args: argparse.Namespace) -> int:
         cockpit_dir=data_dir, cockpit_port=args.cockpit,
     )
     say = _log_field if args.headless else _print_field
+    if not args.bridge_timeout > 0:
+        raise ConfigError(f"--bridge-timeout: expected seconds > 0, got {args.bridge_timeout}")
+    wanted = dict(config.bridges) | {cmd: args.bridge_timeout for cmd in args.bridge}
+    pending = [Bridge(cmd, timeout, node) for cmd, timeout in wanted.items()]  # checks them
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -189,7 +194,9 @@ async def run(args: argparse.Namespace) -> int:
     bridges: list[Bridge] = []
     mapper: PortMapper | None = None
     thrall: Thrall | None = None
-    try:
+
+    async def start_up() -> None:
+        nonlocal mapper, thrall
         await node.start()
         if config.thrall.enabled:
             source = config.path
@@ -236,17 +243,28 @@ async def run(args: argparse.Namespace) -> int:
             await node.announce(sheet_of(skill))
             where = "local only" if skill.visibility == "private" else skill.visibility
             say("Serving skill", f"{name} ({where})")
-        if not args.bridge_timeout > 0:
-            raise ConfigError(f"--bridge-timeout: expected seconds > 0, got {args.bridge_timeout}")
-        wanted = dict(config.bridges) | {cmd: args.bridge_timeout for cmd in args.bridge}
-        for command, timeout in wanted.items():
-            bridge = Bridge(command, timeout, node)
+        for bridge in pending:
+            bridges.append(bridge)  # stopped on the way out, started or not
             await bridge.start()
-            bridges.append(bridge)
-            say("Bridge", f"{command} ({', '.join(bridge.skills) or 'no tools'})")
+            say("Bridge", f"{bridge.command} ({', '.join(bridge.skills) or 'no tools'})")
         if not args.headless:
             print(flush=True)
-        await stop.wait()
+
+    try:
+        # Ctrl-C or SIGTERM also stops a start-up that is still under way (a bridge
+        # being started, a slow bootstrap peer), not only a node that is serving.
+        starting = asyncio.ensure_future(start_up())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.info("stopped during start-up")
+        else:
+            starting.result()  # start-up errors are reported as usual
+            await stop.wait()
         log.info("shutting down: %d tasks in flight", node.tasks.inflight)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -93,8 +93,9 @@ class Bridge:
         self._argv = parts
 
     async def start(self) -> None:
-        """Start the server and serve its tools; errors in the first start are raised
-        (a bad command, a name collision), later ones are logged and retried."""
+        """Start the server and serve its tools. Any failure of the first start is raised
+        as a :class:`ConfigError` (a bad command, a server that exits or does not answer
+        within ``timeout``, a name collision); later ones are logged and retried."""
         self._task = asyncio.create_task(self._supervise(), name=f"bridge {self.command}")
         ready = asyncio.ensure_future(self.ready.wait())
         await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -121,14 +122,17 @@ class Bridge:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # the SDK wraps errors in exception groups
-                fatal = _find(exc, (ConfigError, OSError))
-                if first and fatal is not None:
-                    self._failed_start = fatal if isinstance(fatal, ConfigError) else ConfigError(
-                        f"bridge {self.command!r}: cannot start: {fatal}"
-                    )
-                    return
                 if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                     raise
+                if not self.ready.is_set():
+                    # A server that never came up is the operator's to fix (a wrong
+                    # command, one that exits at once, one that never answers): say so
+                    # now rather than retry it for ever while start() waits.
+                    fatal = _find(exc, (ConfigError,))
+                    self._failed_start = fatal if fatal is not None else ConfigError(
+                        f"bridge {self.command!r}: cannot start: {_describe(exc)}"
+                    )
+                    return
                 log.warning("bridge %r stopped: %s", self.command, _describe(exc))
             first = False
             self._withdraw()

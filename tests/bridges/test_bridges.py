@@ -94,3 +94,18 @@ async def test_a_command_that_cannot_start_is_a_clear_error(make_node: NodeFacto
     with pytest.raises(ConfigError, match="cannot start"):
         await asyncio.wait_for(bridge.start(), 30)
     await bridge.stop()
+
+
+@pytest.mark.parametrize(
+    "code", ["pass", "import time; time.sleep(60)"], ids=["exits-at-once", "never-answers"]
+)
+async def test_a_server_that_never_comes_up_is_a_clear_error(
+    make_node: NodeFactory, code: str
+) -> None:
+    """Not retried for ever while the node's start-up waits on it."""
+    provider = await make_node()
+    bridge = Bridge(f"{sys.executable} -c '{code}'", 1, provider)
+    with pytest.raises(ConfigError, match="cannot start"):
+        await asyncio.wait_for(bridge.start(), 30)
+    await bridge.stop()
+    assert bridge.restarts == 0

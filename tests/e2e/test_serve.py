@@ -68,3 +68,35 @@ async def test_bad_bootstrap_flag_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --bootstrap"), lines
+
+
+async def test_a_bridge_that_exits_at_once_stops_serve_with_one_clear_line(
+    tmp_path: Path,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *KNARR, "serve", "--host", "127.0.0.1", "--port", "0", "--bootstrap", "",
+        "--bridge", f"{sys.executable} -c pass", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert err.decode().strip().splitlines()[-1].startswith(
+        f"error: bridge '{sys.executable} -c pass': cannot start"
+    )
+    assert b"Traceback" not in err
+
+
+async def test_sigterm_stops_a_start_up_that_waits_on_a_bridge(tmp_path: Path) -> None:
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(600)'"
+    proc = await asyncio.create_subprocess_exec(
+        *KNARR, "serve", "--host", "127.0.0.1", "--port", "0", "--bootstrap", "",
+        "--bridge", sleeper, "--bridge-timeout", "600", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    while not (await asyncio.wait_for(proc.stdout.readline(), 20)).startswith(b"Cockpit:"):
+        pass  # the node is up; the bridge is (or is about to be) starting
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)  # not the bridge's 600 s
+    assert proc.returncode == 0, err.decode()
+    assert b"stopped during start-up" in err and b"Traceback" not in err
