@@ -54,6 +54,7 @@ __all__ = [
     "default_config",
     "load_config",
     "parse_config",
+    "check_host",
     "parse_hostport",
 ]
 
@@ -401,6 +402,20 @@ def check_handlers(config: Config) -> None:
             _fail(
                 config.source, key, f"handler file not found: {file} (from {_quote(skill.handler)})"
             )
+
+
+def check_host(text: str, source: str) -> str:
+    """``text`` if it is a host name or an IP address (without a port); else a
+    :class:`ConfigError` naming ``source``."""
+    if _HOSTNAME_RE.fullmatch(text):
+        return text
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ConfigError(
+            f"{source}: expected a host name or IP address (without a port), got {_quote(text)}"
+        ) from None
+    return text
 
 
 def parse_hostport(text: str, *, source: str = "address") -> tuple[str, int]:
@@ -826,16 +841,13 @@ class _Reader:
 
     def host(self, value: object, key: str) -> str:
         text = self.string(value, key)
-        if _HOSTNAME_RE.fullmatch(text):
-            return text
         try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
+            return check_host(text, key)
+        except ConfigError:
             self.fail(
                 key,
                 f"expected a host name or IP address (without a port), got {_quote(text)}",
             )
-        return text
 
 
 def _fail(source: str, key: str, problem: str) -> NoReturn:

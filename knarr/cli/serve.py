@@ -10,12 +10,13 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from knarr.config import Config, default_config, load_config, parse_hostport
+from knarr.config import Config, check_host, default_config, load_config, parse_hostport
 from knarr.errors import BootstrapFailed, ConfigError
 from knarr.node.bridges import Bridge
 from knarr.node.dht import DhtSettings
@@ -98,9 +99,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--port: expected 0..65535, got {args.port}")
         changes["port"] = args.port
     if args.host is not None:
-        changes["host"] = args.host
+        changes["host"] = check_host(args.host, "--host")
     if args.advertise_host is not None:
-        changes["advertise_host"] = args.advertise_host
+        changes["advertise_host"] = check_host(args.advertise_host, "--advertise-host")
+    if args.cockpit is not None and not 0 <= args.cockpit <= 65535:
+        raise ConfigError(f"--cockpit: expected a port 0..65535, got {args.cockpit}")
     if args.storage is not None:
         changes["storage"] = args.storage
     network = config.network
@@ -110,6 +113,22 @@ def resolve_config(args: argparse.Namespace) -> Config:
             parse_hostport(entry, source="--bootstrap")
         network = dataclasses.replace(network, bootstrap=entries)
     return dataclasses.replace(config, node=dataclasses.replace(node, **changes), network=network)
+
+
+def bind_address(host: str) -> str:
+    """The IP address to listen on for ``host`` (an address, or a name such as
+    ``localhost`` resolved once here, so every socket binds the same address)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"node.host: cannot resolve {host!r} to an address to listen on "
+                          f"({exc})") from exc
+    return str(infos[0][4][0])
 
 
 def detect_advertise_host(bind_host: str, bootstrap: list[tuple[str, int]]) -> str:
@@ -167,7 +186,8 @@ async def run(args: argparse.Namespace) -> int:
     bootstrap = list(net_cfg.bootstrap)
     resolved = [parse_hostport(b, source="bootstrap") for b in bootstrap]
     handlers = load_handlers(config)  # a bad handler fails before anything listens
-    advertise = node_cfg.advertise_host or detect_advertise_host(node_cfg.host, resolved)
+    host = bind_address(node_cfg.host)
+    advertise = node_cfg.advertise_host or detect_advertise_host(host, resolved)
     settings = DhtSettings(
         window_s=net_cfg.clock_skew,
         subnet_limit=net_cfg.subnet_limit,
@@ -176,7 +196,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     sidecar = node_cfg.effective_sidecar_port
     node = Node(
-        node_cfg.host, node_cfg.port, storage=storage, advertise_host=advertise,
+        host, node_cfg.port, storage=storage, advertise_host=advertise,
         settings=settings, max_task_timeout=node_cfg.max_task_timeout,
         sidecar_port=sidecar or None, asset_dir=config.sidecar.asset_dir,
         max_asset_size=node_cfg.max_asset_size, economy=config.economy,
@@ -207,9 +227,9 @@ async def run(args: argparse.Namespace) -> int:
             )
             thrall_report = (await thrall.start()).summary()
         say("Node ID", node.node_id)
-        say("Listening", f"{node_cfg.host}:{node.port}")
+        say("Listening", f"{host}:{node.port}")
         if node.sidecar_port and node.assets is not None:
-            where = f"{node_cfg.host}:{node.sidecar_port}"
+            where = f"{host}:{node.sidecar_port}"
             say("Sidecar", f"{where} (assets in {node.assets.directory})")
         label = "Advertise" if node_cfg.advertise_host else "Auto-detected advertise"
         say(f"{label} address", advertise)

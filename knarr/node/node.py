@@ -110,6 +110,11 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
+def _reason(exc: OSError) -> str:
+    """Why a bind failed, in the system's words ("Address already in use")."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def outbound_address(peer: Addr) -> str:
     """The local address the OS would use to reach ``peer`` (no packet is sent)."""
     family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
@@ -221,17 +226,11 @@ class Node:
         if self._started:
             return
         bound = await self._bind_both()
-        if self.assets is not None:
-            from knarr.node.sidecar import Sidecar  # aiohttp only when assets are used
-
-            self.sidecar = Sidecar(self.identity, self.assets, clock=self.clock)
-            assert self._sidecar_wanted is not None
-            self.sidecar_port = await self.sidecar.start(self.host, self._sidecar_wanted)
-        if self._cockpit_dir is not None:
-            from knarr.node.cockpit import Cockpit  # aiohttp only when the cockpit is on
-
-            self.cockpit = Cockpit(self, self._cockpit_dir, port=self._cockpit_port)
-            await self.cockpit.start()
+        try:
+            await self._start_services()
+        except BaseException:
+            await self._unbind()  # a failed start leaves nothing listening
+            raise
         self._started = True
         self.events.emit("node.started", node_id=self.node_id, port=self.port)
         log.info("node %s listening on %s:%d", self.node_id[:16], *bound)
@@ -247,18 +246,56 @@ class Node:
         )
         self._mail_task = asyncio.create_task(self._deliver_mail(), name="knarr-mail")
 
+    async def _start_services(self) -> None:
+        """The asset sidecar and the cockpit, where wanted."""
+        if self.assets is not None:
+            from knarr.node.sidecar import Sidecar  # aiohttp only when assets are used
+
+            self.sidecar = Sidecar(self.identity, self.assets, clock=self.clock)
+            assert self._sidecar_wanted is not None
+            try:
+                self.sidecar_port = await self.sidecar.start(self.host, self._sidecar_wanted)
+            except OSError as exc:
+                where = f"{self.host}:{self._sidecar_wanted}"
+                raise NetworkError(f"cannot listen on TCP {where} (asset sidecar): "
+                                   f"{_reason(exc)}") from exc
+        if self._cockpit_dir is not None:
+            from knarr.node.cockpit import Cockpit  # aiohttp only when the cockpit is on
+
+            self.cockpit = Cockpit(self, self._cockpit_dir, port=self._cockpit_port)
+            try:
+                await self.cockpit.start()
+            except OSError as exc:
+                where = (f"127.0.0.1:{self._cockpit_port}" if self._cockpit_port is not None
+                         else str(self.cockpit.socket_path))
+                raise NetworkError(f"cannot serve the cockpit on {where}: "
+                                   f"{_reason(exc)}") from exc
+
+    async def _unbind(self) -> None:
+        for service in (self.cockpit, self.sidecar):
+            if service is not None:
+                await service.stop()
+        self.cockpit = self.sidecar = None
+        await self.tasks.stop(grace=0)
+        self.dht.close_endpoint()
+
     async def _bind_both(self) -> Addr:
         """UDP (DHT) and TCP (tasks) on the same port number; with port 0, one the OS
         picks that is free for both."""
         for attempt in range(20):
-            bound = await self.dht.bind(self.host, self.port)
+            try:
+                bound = await self.dht.bind(self.host, self.port)
+            except OSError as exc:
+                raise NetworkError(f"cannot listen on UDP {self.host}:{self.port}: "
+                                   f"{_reason(exc)}") from exc
             try:
                 await self.tasks.start(self.host, bound[1])
             except OSError as exc:
                 self.dht.close_endpoint()
                 if self.port != 0 or attempt == 19:
                     where = f"{self.host}:{bound[1]}"
-                    raise NetworkError(f"cannot listen on TCP {where}: {exc}") from exc
+                    raise NetworkError(f"cannot listen on TCP {where}: "
+                                       f"{_reason(exc)}") from exc
                 continue
             self.port = bound[1]
             return bound

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+
+import pytest
 
 from knarr.node.store import Store
 from tests.conftest import NodeFactory
@@ -100,3 +103,53 @@ async def test_sigterm_stops_a_start_up_that_waits_on_a_bridge(tmp_path: Path) -
     _, err = await asyncio.wait_for(proc.communicate(), 20)  # not the bridge's 600 s
     assert proc.returncode == 0, err.decode()
     assert b"stopped during start-up" in err and b"Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--advertise-host", "bad host!"], "error: --advertise-host: expected a host name"),
+        (["--host", "999.1.1.1"], "error: node.host: cannot resolve '999.1.1.1'"),
+        (["--cockpit", "99999"], "error: --cockpit: expected a port 0..65535"),
+        (["--bridge", '"unbalanced'], "error: bridge '\"unbalanced': No closing quotation"),
+    ],
+    ids=["advertise-host", "host", "cockpit-port", "bridge-quote"],
+)
+async def test_bad_flags_are_one_clear_line_before_anything_listens(
+    tmp_path: Path, args: list[str], error: str
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *KNARR, "serve", "--port", "0", "--bootstrap", "", *args, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    assert err.decode().strip().splitlines() == [err.decode().strip()]  # one line
+    assert err.decode().startswith(error), err.decode()
+    assert b"Listening" not in out
+
+
+async def test_a_udp_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *KNARR, "serve", "--host", "127.0.0.1", "--port", str(port), "--bootstrap", "",
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    assert err.decode().strip() == (
+        f"error: cannot listen on UDP 127.0.0.1:{port}: Address already in use"
+    )
+
+
+async def test_a_host_name_to_listen_on_is_resolved(tmp_path: Path) -> None:
+    proc, banner = await _serve("--host", "localhost", "--port", "0", "--bootstrap", "",
+                                cwd=tmp_path)
+    try:
+        assert banner["Listening"].startswith(("127.0.0.1:", "::1:"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0 and b"Traceback" not in err

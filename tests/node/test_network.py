@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from knarr.errors import NetworkError
 from knarr.node import wire
 from knarr.node.dht import DhtSettings
 from knarr.node.identity import Identity
@@ -287,3 +288,38 @@ async def test_fully_separated_nodes_find_each_other_after_the_cut(
     await a.dht.maintain()  # pings the dormant contact it lost
     assert b.identity.node_id in a.dht.table
     await wait_for(lambda: a.identity.node_id in b.dht.table)
+
+
+async def test_a_port_in_use_is_a_clear_error_and_a_failed_start_leaves_nothing_bound(
+    tmp_path: Path,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        node = Node("127.0.0.1", port, storage=":memory:")
+        with pytest.raises(NetworkError, match=f"cannot listen on UDP 127.0.0.1:{port}: "
+                                               "Address already in use"):
+            await node.start()
+        await node.stop()
+    # The sidecar's port taken: the node's own UDP and TCP ports are let go again.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        sidecar = busy.getsockname()[1]
+        node = Node("127.0.0.1", 0, storage=":memory:", sidecar_port=sidecar,
+                    asset_dir=tmp_path / "assets")
+        with pytest.raises(NetworkError, match=r"\(asset sidecar\): Address already in use"):
+            await node.start()
+        own = node.port
+        await node.stop()
+
+    def free(kind: int) -> bool:
+        with socket.socket(socket.AF_INET, kind) as again:
+            try:
+                again.bind(("127.0.0.1", own))
+            except OSError:
+                return False
+            return True
+
+    # UDP transports close on the loop's next turn, so poll (fails if the port is kept).
+    await wait_for(lambda: free(socket.SOCK_DGRAM) and free(socket.SOCK_STREAM), timeout=5)
