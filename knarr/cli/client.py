@@ -4,7 +4,9 @@ network and prints what it found."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -72,7 +74,13 @@ async def client_node(args: argparse.Namespace) -> AsyncIterator[Node]:
     node = Node(host, args.port, settings=DhtSettings(read_only=True))
     await node.start()
     try:
-        await node.join(bootstrap)
+        try:
+            async with asyncio.timeout(args.timeout):  # the join is part of the wait
+                await node.join(bootstrap)
+        except TimeoutError:
+            raise NetworkError(
+                f"no bootstrap peer answered within {args.timeout:g} s"
+            ) from None
         yield node
     finally:
         await node.stop(grace=0)
@@ -98,8 +106,6 @@ def print_table(records: list[SkillRecord]) -> None:
 
 
 async def run_query(args: argparse.Namespace) -> int:
-    import asyncio
-
     async with client_node(args) as node:
         try:
             async with asyncio.timeout(args.timeout):
@@ -222,17 +228,35 @@ def _print_fields(output: Mapping[str, Any], indent: str = "  ") -> None:
         print(f"{indent}{key}: {shown}")
 
 
+def output_folder(text: str) -> Path:
+    """``--output-dir``, made now: a folder that cannot be made must stop the request
+    before it runs (and is paid for), not lose its result afterwards."""
+    folder = Path(text)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir: cannot use {text!r}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output-dir: cannot write to {text!r}")
+    return folder
+
+
 async def run_request(args: argparse.Namespace) -> int:
     data = parse_input(args.input)
     files = input_files(data)
+    folder = output_folder(args.output_dir) if args.output_dir else None
     saved: dict[str, Path] = {}
+    unsaved: Exception | None = None  # the task completed but its files were not saved
     try:
         async with client_node(args) as node:
             record, output = await node.request_detailed(
                 args.skill, data, timeout=args.timeout, prepare=uploader(node, files)
             )
-            if args.output_dir:
-                saved = await download_outputs(node, record, output, Path(args.output_dir))
+            if folder is not None:
+                try:
+                    saved = await download_outputs(node, record, output, folder)
+                except (KnarrError, OSError) as exc:
+                    unsaved = exc
     except (SkillNotFound, KnarrError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -248,6 +272,7 @@ async def run_request(args: argparse.Namespace) -> int:
             "status": "completed", "skill": args.skill,
             "provider": record.provider_id.hex(), "output": output,
             "downloaded": {k: str(v) for k, v in saved.items()},
+            **({"download_error": str(unsaved)} if unsaved is not None else {}),
         }, indent=2))
     else:
         print("Status: completed")
@@ -255,4 +280,6 @@ async def run_request(args: argparse.Namespace) -> int:
         _print_fields(output)
         for key, path in saved.items():
             print(f"Saved {key}: {path}")
-    return 0
+        if unsaved is not None:
+            print(f"Download failed: {unsaved}")
+    return 0 if unsaved is None else 1

@@ -42,6 +42,12 @@ description = "Turns an image around"
 input_schema = {{image = "string"}}
 output_schema = {{result = "string"}}
 
+[skills.names-an-asset]
+handler = "skills/image.py:names_an_asset"
+description = "Returns an asset reference without storing anything"
+input_schema = {{text = "string"}}
+output_schema = {{result = "string"}}
+
 [skills.same-file]
 handler = "skills/image.py:same_file"
 description = "Returns the file it was given, after checking its hash"
@@ -61,6 +67,10 @@ def processed(data: bytes) -> bytes:
 async def process(input_data, ctx):
     image = Path(input_data["image"]).read_bytes()
     return {"result": f"knarr-asset://{ctx.store_asset(processed(image))}"}
+
+
+async def names_an_asset(input_data, ctx):
+    return {"result": "knarr-asset://" + "ab" * 32}
 
 
 async def same_file(input_data, ctx):
@@ -230,6 +240,39 @@ def test_a_provider_without_a_sidecar_cannot_take_files(
     lines = out.stdout.splitlines()
     assert lines[0] == "Status: failed" and len(lines) == 2, lines
     assert lines[1].startswith("Error: provider ") and lines[1].endswith(" has no sidecar")
+    assert "Traceback" not in out.stderr
+
+
+def test_an_output_dir_that_cannot_be_made_stops_the_request_before_it_runs(
+    provider: Provider, tmp_path: Path
+) -> None:
+    photo = b"never uploaded " + os.urandom(32)
+    (tmp_path / "photo.png").write_bytes(photo)
+    out = knarr("request", "--skill", "process-image", "--input", '{"image": "@photo.png"}',
+                "--bootstrap", provider.bootstrap, "--output-dir", "photo.png", cwd=tmp_path,
+                timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "error: --output-dir: cannot use 'photo.png': File exists"
+    ]
+    assert out.stdout == ""
+    assert not (provider.assets / hashlib.sha256(photo).hexdigest()).exists()  # not sent
+
+
+def test_a_result_whose_files_cannot_be_fetched_is_still_shown(
+    provider_without_sidecar: Provider, tmp_path: Path
+) -> None:
+    """The task ran and was paid for: its output is printed, the failed download named."""
+    out = knarr("request", "--skill", "names-an-asset", "--input", '{"text": "x"}',
+                "--bootstrap", provider_without_sidecar.bootstrap, "--output-dir", "out",
+                cwd=tmp_path, timeout=60)
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        "Status: completed",
+        "Output:",
+        f"  result: knarr-asset://{'ab' * 32}",
+        "Download failed: the result names assets but the provider has no sidecar",
+    ]
     assert "Traceback" not in out.stderr
 
 

@@ -204,6 +204,15 @@ def test_unreachable_bootstrap_fails_clearly(tmp_path: Path) -> None:
     )
 
 
+def test_the_timeout_covers_joining(tmp_path: Path) -> None:
+    """A join that would take longer (the pings' retries) ends at --timeout."""
+    dead = free_port()
+    out = knarr("query", "--bootstrap", f"127.0.0.1:{dead}", "--name", "echo",
+                "--timeout", "0.2")
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: no bootstrap peer answered within 0.2 s"
+
+
 def test_init_refuses_to_overwrite(provider: Provider) -> None:
     out = knarr("init", str(provider.folder))
     assert out.returncode == 1
