@@ -158,6 +158,8 @@ async def run(args: argparse.Namespace) -> int:
         raise KnarrError(f"--nodes: expected 2..50, got {args.nodes}")
     if not args.rate > 0:
         raise KnarrError(f"--rate: expected a positive number, got {args.rate}")
+    if not args.seconds >= 0:  # also refuses nan
+        raise KnarrError(f"--seconds: expected 0 (until Ctrl-C) or more, got {args.seconds:g}")
     rng = random.Random(args.seed)
     if logging.getLogger().level >= logging.WARNING:
         # The unreliable provider fails on purpose; its warnings would scroll the screen.

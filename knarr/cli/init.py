@@ -61,6 +61,8 @@ async def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65534:
         raise ConfigError(f"--port: expected 1..65534, got {args.port}")
     parse_hostport(args.bootstrap, source="--bootstrap")
+    if not args.directory.strip():
+        raise ConfigError("the project folder name is empty (try: knarr init my-provider)")
     target = Path(args.directory)
     config = target / "knarr.toml"
     skill = target / "skills" / "echo.py"
@@ -72,9 +74,13 @@ async def run(args: argparse.Namespace) -> int:
         )
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{target} exists and is not a folder")
-    skill.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(config_text(args.port, args.bootstrap))
-    skill.write_text(ECHO_SKILL)
+    try:
+        skill.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(config_text(args.port, args.bootstrap))
+        skill.write_text(ECHO_SKILL)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the project in {target}: "
+                          f"{exc.strerror or exc}") from exc
     print(f"Created project in {target}/")
     print("  knarr.toml       Node configuration")
     print("  skills/echo.py   Example skill handler")

@@ -154,7 +154,8 @@ def _print_field(key: str, value: str) -> None:
 
 def _log_field(key: str, value: str) -> None:
     level = logging.WARNING if key == "Warning" else logging.INFO
-    log.log(level, "%s=%s", key.lower().replace(" ", "_").replace("-", "_"), value)
+    name = key.lower().replace(" ", "_").replace("-", "_").replace("(", "").replace(")", "")
+    log.log(level, "%s=%s", name, value, extra={"kv": {name: value}})
 
 
 def advertise_warning(host: str) -> str | None:

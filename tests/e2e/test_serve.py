@@ -153,3 +153,31 @@ async def test_a_host_name_to_listen_on_is_resolved(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0 and b"Traceback" not in err
+
+
+async def test_headless_log_lines_split_into_key_value_fields(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *KNARR, "serve", "--headless", "--host", "127.0.0.1", "--port", "0", "--bootstrap",
+        "", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines = []
+    while not lines or "cockpit=" not in lines[-1]:
+        lines.append((await asyncio.wait_for(proc.stderr.readline(), 20)).decode().strip())
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.communicate(), 20)
+    fields = [dict(kv_pairs(line)) for line in lines]
+    assert all(f["ts"].endswith("Z") and f["level"] in ("INFO", "WARNING") for f in fields)
+    banner = {k: v for f in fields for k, v in f.items() if k not in ("ts", "level", "logger")}
+    assert len(banner["node_id"]) == 64
+    assert banner["cockpit"] == str(tmp_path / "cockpit.sock")
+    assert banner["msg"] == f"node {banner['node_id'][:16]} listening on {banner['listening']}"
+
+
+def kv_pairs(line: str) -> list[tuple[str, str]]:
+    """``key=value`` fields, values bare or JSON-quoted (as the headless log writes them)."""
+    import json
+    import re
+
+    return [(m[1], json.loads(m[2]) if m[2].startswith('"') else m[2])
+            for m in re.finditer(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)]

@@ -204,6 +204,26 @@ def test_unreachable_bootstrap_fails_clearly(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["init", ""], "error: the project folder name is empty"),
+        (["init", "/proc/knarr-project"], "error: cannot create the project in /proc/"),
+        (["query", "--name", "x", "--bootstrap", "127.0.0.1:1", "--log-level", "loud"],
+         "error: --log-level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        (["demo", "--seconds", "-1", "--no-console"],
+         "error: --seconds: expected 0 (until Ctrl-C) or more, got -1"),
+    ],
+    ids=["init-empty", "init-unwritable", "log-level", "demo-seconds"],
+)
+def test_bad_command_lines_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    out = knarr(*args, cwd=tmp_path)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_the_timeout_covers_joining(tmp_path: Path) -> None:
     """A join that would take longer (the pings' retries) ends at --timeout."""
     dead = free_port()
