@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -163,6 +164,8 @@ class Store:
         if readonly and (self.path == ":memory:" or not os.path.isfile(self.path)):
             raise StorageError(f"{self.path}: no node database here (start a node with "
                                "`knarr serve`, or pass --storage)")
+        if not readonly and self.path != ":memory:":
+            self._make_private()
         try:
             flags = apsw.SQLITE_OPEN_READONLY if readonly else (
                 apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
@@ -182,6 +185,26 @@ class Store:
             self._migrate()
         except apsw.Error as exc:
             raise StorageError(f"{self.path}: cannot open the node database: {exc}") from exc
+
+    def _make_private(self) -> None:
+        """Create the database readable by its owner only, or tighten one that is not:
+        it holds the node's signing key. SQLite gives the log and shared-memory files
+        the database's mode when it creates them; ones left by an earlier run are
+        tightened here too."""
+        try:
+            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot open the node database: {exc}") from exc
+        for name in (self.path, self.path + "-wal", self.path + "-shm"):
+            try:
+                mode = stat.S_IMODE(os.stat(name).st_mode)
+                if mode & 0o077:
+                    os.chmod(name, mode & 0o700)
+                    log.debug("%s: mode %o tightened to %o", name, mode, mode & 0o700)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # not ours to change
+                log.warning("%s: cannot make it private to its owner: %s", name, exc)
 
     def _check_readable(self) -> None:
         version = self.schema_version
