@@ -220,6 +220,11 @@ class Node:
         """Bind the UDP socket and, if the database remembers peers, rejoin through them."""
         if self._started:
             return
+        # Before binding anything: a node already running here must not be disturbed.
+        if self._cockpit_dir is not None:
+            from knarr.node.cockpit import refuse_if_taken
+
+            refuse_if_taken(self._cockpit_dir)
         bound = await self._bind_both()
         if self.assets is not None:
             from knarr.node.sidecar import Sidecar  # aiohttp only when assets are used
