@@ -221,6 +221,7 @@ class Node:
         if self._started:
             return
         # Before binding anything: a node already running here must not be disturbed.
+        self.store.claim()
         if self._cockpit_dir is not None:
             from knarr.node.cockpit import refuse_if_taken
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from knarr.cli.cockpit_client import cockpit_request
-from knarr.errors import ConfigError
+from knarr.errors import ConfigError, StorageError
 from knarr.node.node import Node
 from tests.conftest import NodeFactory
 
@@ -25,6 +25,22 @@ async def test_peers_last_seen_is_the_same_in_every_snapshot_until_the_peer_is_h
     # A console diffs snapshots: values that jitter would redraw every peer every time.
     assert [p["node_id"] for p in first] == [other.node_id]
     assert first == again
+
+
+async def test_a_second_node_in_the_folder_is_refused_and_the_first_keeps_its_cockpit(
+    tmp_path: Path, make_node: NodeFactory
+) -> None:
+    first = await make_node(storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    second = Node("127.0.0.1", 0, storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    try:
+        with pytest.raises(StorageError, match="another knarr node") as refused:
+            await second.start()
+        assert str(tmp_path) in str(refused.value)
+        assert second.dht.endpoint is None  # refused before binding anything
+    finally:
+        await second.stop()
+    health = await cockpit_request(tmp_path / "cockpit.sock", "GET", "/health")
+    assert health["node_id"] == first.node_id
 
 
 async def test_a_node_with_another_database_is_refused_a_folder_whose_cockpit_answers(

@@ -235,3 +235,17 @@ def test_an_existing_readable_database_and_leftover_log_are_tightened(db_path: P
     finally:
         s.close()
 
+
+def test_a_claimed_database_is_refused_to_a_second_claim_until_closed(db_path: Path) -> None:
+    first, second = Store(db_path), Store(db_path)
+    try:
+        first.claim()
+        with pytest.raises(StorageError, match=rf"another knarr node \(pid {os.getpid()}\)"):
+            second.claim()
+        second.execute("SELECT count(*) FROM meta")  # reading beside the node still works
+        first.close()
+        second.claim()
+    finally:
+        first.close()
+        second.close()
+    assert mode(db_path.with_name(db_path.name + ".lock")) == 0o600
