@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from knarr import __version__
-from knarr.errors import KnarrError
+from knarr.errors import ConfigError, KnarrError
 from knarr.node.economy import to_credits
 
 if TYPE_CHECKING:
@@ -59,6 +59,27 @@ def load_or_create_token(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+def refuse_if_taken(data_dir: Path) -> None:
+    """Raise :class:`ConfigError` if a live node's cockpit socket is in ``data_dir``.
+
+    A socket nobody answers on (its node died) or a plain file is left for
+    :meth:`Cockpit.start` to replace."""
+    path = data_dir / SOCKET_NAME
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+            answer = "answers"
+        except (TimeoutError, PermissionError) as exc:  # busy, or another user's
+            answer = f"exists ({exc.strerror or exc})"
+        except OSError:  # nobody listens; or a bad path, which binding it will report
+            return
+    raise ConfigError(
+        f"{data_dir}: another knarr node is running in this folder (its cockpit socket "
+        f"{path} {answer}); stop that node first, or start this one in another folder"
+    )
 
 
 def _peer_uid(request: web.Request) -> int | None:
@@ -109,11 +130,12 @@ class Cockpit:
         return app
 
     async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        refuse_if_taken(self.data_dir)
         self._runner = web.AppRunner(
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
         await self._runner.setup()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.socket_path.exists() or self.socket_path.is_symlink():
             self.socket_path.unlink()  # a stale socket from a node that died
         old = os.umask(0o177)

@@ -225,6 +225,12 @@ class Node:
         """Bind the UDP socket and, if the database remembers peers, rejoin through them."""
         if self._started:
             return
+        # Before binding anything: a node already running here must not be disturbed.
+        self.store.claim()
+        if self._cockpit_dir is not None:
+            from knarr.node.cockpit import refuse_if_taken
+
+            refuse_if_taken(self._cockpit_dir)
         bound = await self._bind_both()
         try:
             await self._start_services()

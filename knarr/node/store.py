@@ -14,8 +14,10 @@ writer checkpoints the few pages left itself, between two transactions.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -160,9 +162,12 @@ class Store:
         existing one for reading only, beside a running node, without changing it."""
         self.path = os.fspath(path)
         self._checkpointer: _Checkpointer | None = None
+        self._lock_fd: int | None = None
         if readonly and (self.path == ":memory:" or not os.path.isfile(self.path)):
             raise StorageError(f"{self.path}: no node database here (start a node with "
                                "`knarr serve`, or pass --storage)")
+        if not readonly and self.path != ":memory:":
+            self._make_private()
         try:
             flags = apsw.SQLITE_OPEN_READONLY if readonly else (
                 apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
@@ -182,6 +187,56 @@ class Store:
             self._migrate()
         except apsw.Error as exc:
             raise StorageError(f"{self.path}: cannot open the node database: {exc}") from exc
+
+    def _make_private(self) -> None:
+        """Create the database readable by its owner only, or tighten one that is not:
+        it holds the node's signing key. SQLite gives the log and shared-memory files
+        the database's mode when it creates them; ones left by an earlier run are
+        tightened here too."""
+        try:
+            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot open the node database: {exc}") from exc
+        for name in (self.path, self.path + "-wal", self.path + "-shm"):
+            try:
+                mode = stat.S_IMODE(os.stat(name).st_mode)
+                if mode & 0o077:
+                    os.chmod(name, mode & 0o700)
+                    log.debug("%s: mode %o tightened to %o", name, mode, mode & 0o700)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # not ours to change
+                log.warning("%s: cannot make it private to its owner: %s", name, exc)
+
+    def claim(self) -> None:
+        """Hold this database for one running node until :meth:`close`.
+
+        An advisory lock on ``PATH.lock``, which the system drops when the process dies;
+        raises :class:`StorageError` if another node holds it. Readers and short-lived
+        tools open the database without claiming it."""
+        if self.path == ":memory:" or self._lock_fd is not None:
+            return
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"{lock_path}: cannot create the node's lock file: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise StorageError(
+                f"{self.path} is in use by another knarr node (pid {holder or '?'}) running in "
+                f"{os.path.dirname(os.path.abspath(self.path))}; stop that node first, "
+                "or start this one in another folder"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"{lock_path}: cannot lock the node database: {exc}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _check_readable(self) -> None:
         version = self.schema_version
@@ -275,6 +330,9 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.stop()
         self._db.close()  # the last connection out checkpoints what is left
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # after the database is closed: the next node may open it
+            self._lock_fd = None
 
 
 class _Checkpointer:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
+
 from knarr.cli.cockpit_client import cockpit_request
+from knarr.errors import ConfigError, StorageError
+from knarr.node.node import Node
 from tests.conftest import NodeFactory
 
 
@@ -20,3 +25,50 @@ async def test_peers_last_seen_is_the_same_in_every_snapshot_until_the_peer_is_h
     # A console diffs snapshots: values that jitter would redraw every peer every time.
     assert [p["node_id"] for p in first] == [other.node_id]
     assert first == again
+
+
+async def test_a_second_node_in_the_folder_is_refused_and_the_first_keeps_its_cockpit(
+    tmp_path: Path, make_node: NodeFactory
+) -> None:
+    first = await make_node(storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    second = Node("127.0.0.1", 0, storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    try:
+        with pytest.raises(StorageError, match="another knarr node") as refused:
+            await second.start()
+        assert str(tmp_path) in str(refused.value)
+        assert second.dht.endpoint is None  # refused before binding anything
+    finally:
+        await second.stop()
+    health = await cockpit_request(tmp_path / "cockpit.sock", "GET", "/health")
+    assert health["node_id"] == first.node_id
+
+
+async def test_a_node_with_another_database_is_refused_a_folder_whose_cockpit_answers(
+    tmp_path: Path, make_node: NodeFactory
+) -> None:
+    first = await make_node(storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    second = Node("127.0.0.1", 0, storage=tmp_path / "other.db", cockpit_dir=tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="cockpit.sock answers"):
+            await second.start()
+        assert second.dht.endpoint is None
+    finally:
+        await second.stop()
+    health = await cockpit_request(tmp_path / "cockpit.sock", "GET", "/health")
+    assert health["node_id"] == first.node_id
+
+
+@pytest.mark.parametrize("leftover", ["closed socket", "plain file"])
+async def test_a_stale_socket_is_replaced(
+    tmp_path: Path, make_node: NodeFactory, leftover: str
+) -> None:
+    path = tmp_path / "cockpit.sock"
+    if leftover == "closed socket":  # what a node that crashed leaves behind
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+            dead.bind(str(path))
+            dead.listen()
+    else:
+        path.write_text("not a socket")
+    node = await make_node(storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    health = await cockpit_request(path, "GET", "/health")
+    assert health["node_id"] == node.node_id

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,3 +197,55 @@ def test_the_writer_checkpoints_only_once_no_transaction_is_open(db_path: Path) 
             assert store.checkpoints == (0, 0)  # an inner transaction ended: not yet
         assert store.checkpoints == (0, 1)
         assert store.execute("SELECT n FROM t") == [(1,)]
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_new_database_and_its_log_are_readable_by_the_owner_only(db_path: Path) -> None:
+    s = Store(db_path)  # it will hold the node's signing key
+    try:
+        s.set_meta("greeting", b"hello")
+        assert mode(db_path) == 0o600
+        for suffix in ("-wal", "-shm"):
+            assert mode(db_path.with_name(db_path.name + suffix)) == 0o600
+    finally:
+        s.close()
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_an_existing_readable_database_and_leftover_log_are_tightened(db_path: Path) -> None:
+    Store(db_path).close()
+    wal = db_path.with_name(db_path.name + "-wal")
+    wal.write_bytes(b"")  # left by a node that crashed
+    for path in (db_path, wal):
+        path.chmod(0o644)
+    s = Store(db_path)
+    try:
+        assert mode(db_path) == mode(wal) == 0o600
+    finally:
+        s.close()
+
+
+def test_a_claimed_database_is_refused_to_a_second_claim_until_closed(db_path: Path) -> None:
+    first, second = Store(db_path), Store(db_path)
+    try:
+        first.claim()
+        with pytest.raises(StorageError, match=rf"another knarr node \(pid {os.getpid()}\)"):
+            second.claim()
+        second.execute("SELECT count(*) FROM meta")  # reading beside the node still works
+        first.close()
+        second.claim()
+    finally:
+        first.close()
+        second.close()
+    assert mode(db_path.with_name(db_path.name + ".lock")) == 0o600
