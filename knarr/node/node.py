@@ -345,10 +345,16 @@ class Node:
             raise ConfigError(f"bootstrap: cannot resolve {host!r}: {exc}") from exc
         return (str(infos[0][4][0]), port)
 
+    def _remove_temp_assets(self) -> None:
+        if self._temp_assets is not None:  # a folder we made ourselves, not the user's
+            shutil.rmtree(self._temp_assets, ignore_errors=True)
+            self._temp_assets = None
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop serving: refuse new tasks, give running ones ``grace`` seconds, remember
         the routing table, close the database."""
-        if not self._started:
+        if not self._started:  # never started, or its start failed
+            self._remove_temp_assets()
             self.store.close()
             return
         self._started = False
@@ -359,8 +365,7 @@ class Node:
             await self.cockpit.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
-        if self._temp_assets is not None:  # a folder we made ourselves, not the user's
-            shutil.rmtree(self._temp_assets, ignore_errors=True)
+        self._remove_temp_assets()
         for task in (self._maintenance, self._mail_task):
             if task is not None:
                 task.cancel()

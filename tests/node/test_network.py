@@ -306,12 +306,14 @@ async def test_a_port_in_use_is_a_clear_error_and_a_failed_start_leaves_nothing_
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         sidecar = busy.getsockname()[1]
-        node = Node("127.0.0.1", 0, storage=":memory:", sidecar_port=sidecar,
-                    asset_dir=tmp_path / "assets")
+        node = Node("127.0.0.1", 0, storage=":memory:", sidecar_port=sidecar)
+        assert node.assets is not None
+        made = node.assets.directory  # no asset_dir given: a temporary folder of its own
         with pytest.raises(NetworkError, match=r"\(asset sidecar\): Address already in use"):
             await node.start()
         own = node.port
         await node.stop()
+    assert not made.exists()
 
     def free(kind: int) -> bool:
         with socket.socket(socket.AF_INET, kind) as again:
