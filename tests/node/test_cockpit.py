@@ -27,31 +27,24 @@ async def test_peers_last_seen_is_the_same_in_every_snapshot_until_the_peer_is_h
     assert first == again
 
 
+@pytest.mark.parametrize(
+    ("database", "error", "why"),
+    [
+        ("node.db", StorageError, "is in use by another knarr node"),  # the lock on node.db
+        ("other.db", ConfigError, "cockpit.sock answers"),  # its own db: the live socket
+    ],
+    ids=["same-database", "other-database"],
+)
 async def test_a_second_node_in_the_folder_is_refused_and_the_first_keeps_its_cockpit(
-    tmp_path: Path, make_node: NodeFactory
+    tmp_path: Path, make_node: NodeFactory, database: str, error: type[Exception], why: str,
 ) -> None:
     first = await make_node(storage=tmp_path / "node.db", cockpit_dir=tmp_path)
-    second = Node("127.0.0.1", 0, storage=tmp_path / "node.db", cockpit_dir=tmp_path)
+    second = Node("127.0.0.1", 0, storage=tmp_path / database, cockpit_dir=tmp_path)
     try:
-        with pytest.raises(StorageError, match="another knarr node") as refused:
+        with pytest.raises(error, match=why) as refused:
             await second.start()
         assert str(tmp_path) in str(refused.value)
         assert second.dht.endpoint is None  # refused before binding anything
-    finally:
-        await second.stop()
-    health = await cockpit_request(tmp_path / "cockpit.sock", "GET", "/health")
-    assert health["node_id"] == first.node_id
-
-
-async def test_a_node_with_another_database_is_refused_a_folder_whose_cockpit_answers(
-    tmp_path: Path, make_node: NodeFactory
-) -> None:
-    first = await make_node(storage=tmp_path / "node.db", cockpit_dir=tmp_path)
-    second = Node("127.0.0.1", 0, storage=tmp_path / "other.db", cockpit_dir=tmp_path)
-    try:
-        with pytest.raises(ConfigError, match="cockpit.sock answers"):
-            await second.start()
-        assert second.dht.endpoint is None
     finally:
         await second.stop()
     health = await cockpit_request(tmp_path / "cockpit.sock", "GET", "/health")
