@@ -90,10 +90,11 @@ async def test_a_bridge_that_exits_at_once_stops_serve_with_one_clear_line(
 
 
 async def test_sigterm_stops_a_start_up_that_waits_on_a_bridge(tmp_path: Path) -> None:
-    sleeper = f"{sys.executable} -c 'import time; time.sleep(600)'"
+    # A server that reads its requests and never answers (it ends when stdin closes).
+    silent = f"{sys.executable} -c 'import sys; sys.stdin.read()'"
     proc = await asyncio.create_subprocess_exec(
         *KNARR, "serve", "--host", "127.0.0.1", "--port", "0", "--bootstrap", "",
-        "--bridge", sleeper, "--bridge-timeout", "600", cwd=tmp_path,
+        "--bridge", silent, "--bridge-timeout", "600", cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
