@@ -404,17 +404,23 @@ def check_handlers(config: Config) -> None:
             )
 
 
-def check_host(text: str, source: str) -> str:
-    """``text`` if it is a host name or an IP address (without a port); else a
-    :class:`ConfigError` naming ``source``."""
+def _host_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as a host name or IP address (without a port)."""
     if _HOSTNAME_RE.fullmatch(text):
-        return text
+        return None
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
-        raise ConfigError(
-            f"{source}: expected a host name or IP address (without a port), got {_quote(text)}"
-        ) from None
+        return f"expected a host name or IP address (without a port), got {_quote(text)}"
+    return None
+
+
+def check_host(text: str, source: str) -> str:
+    """``text`` if it is a host name or an IP address (without a port); else a
+    :class:`ConfigError` naming ``source``."""
+    problem = _host_problem(text)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
     return text
 
 
@@ -841,13 +847,10 @@ class _Reader:
 
     def host(self, value: object, key: str) -> str:
         text = self.string(value, key)
-        try:
-            return check_host(text, key)
-        except ConfigError:
-            self.fail(
-                key,
-                f"expected a host name or IP address (without a port), got {_quote(text)}",
-            )
+        problem = _host_problem(text)
+        if problem is not None:
+            self.fail(key, problem)
+        return text
 
 
 def _fail(source: str, key: str, problem: str) -> NoReturn:

@@ -201,14 +201,14 @@ def uploader(node: Node, files: Mapping[str, Path]) -> Callable[
 async def download_outputs(
     node: Node, record: SkillRecord, output: Mapping[str, Any], folder: Path
 ) -> dict[str, Path]:
-    """Download every top-level ``knarr-asset://`` value of a result into ``folder``."""
+    """Download every top-level ``knarr-asset://`` value of a result into ``folder``
+    (made beforehand by :func:`output_folder`)."""
     from knarr.node.sidecar import download_file, head_asset
     from knarr.node.taskchannel import provider_address
 
     refs = asset_refs(output)
     if refs and not record.sidecar_port:
         raise SidecarMissing("the result names assets but the provider has no sidecar")
-    folder.mkdir(parents=True, exist_ok=True)
     saved: dict[str, Path] = {}
     if not refs:
         return saved
