@@ -16,7 +16,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 
 from knarr.errors import (
@@ -96,6 +96,10 @@ def _encoded_size(kind: str, ipv6: bool = False, port: int = 0) -> int:
         return len(cbor.encode(Contact(bytes(ID_SIZE), host, port).to_wire()))
     if kind == "ping":
         return wire.OVERHEAD + len(cbor.encode(Ping().to_body()))
+    if kind == "ack":  # what asking for a PONG adds to a reply
+        return len(cbor.encode(Pong(bytes(wire.NONCE_SIZE), True).to_body())) - len(
+            cbor.encode(Pong(bytes(wire.NONCE_SIZE)).to_body())
+        )
     empty = Nodes(bytes(wire.NONCE_SIZE), ()) if kind == "nodes" else Value(
         bytes(wire.NONCE_SIZE), (), True
     )
@@ -111,17 +115,17 @@ def _fit(reply: Reply, budget: int) -> Reply:
     """Cut a NODES or VALUE reply to what fits in ``budget`` bytes, by arithmetic on the
     encoded sizes, so that it is signed once (signing is the expensive part)."""
     if isinstance(reply, Nodes):
-        size = _encoded_size("nodes")
+        size = _encoded_size("nodes") + (_encoded_size("ack") if reply.ack else 0)
         for count, c in enumerate(reply.nodes):
             size += _encoded_size("contact", ":" in c.host, _port_class(c.port))
             if size > budget:
-                return Nodes(reply.re, reply.nodes[:count])
+                return replace(reply, nodes=reply.nodes[:count])
     elif isinstance(reply, Value) and len(reply.records) > 1:
-        size = _encoded_size("value")
+        size = _encoded_size("value") + (_encoded_size("ack") if reply.ack else 0)
         for count, raw in enumerate(reply.records):
             size += len(raw) + 3  # a byte string's head is at most 3 bytes here
             if size > budget and count:
-                return Value(reply.re, reply.records[:count], True)
+                return replace(reply, records=reply.records[:count], more=True)
     return reply
 
 
@@ -384,6 +388,11 @@ class Dht:
         self.rtt.observe(addr, loop_now - pending.sent_at)
         self._prove(addr, env.sender_id)
         self._offer(Contact(env.sender_id, addr[0], addr[1]))
+        if getattr(message, "ack", False) and not self.settings.read_only:
+            # The responder does not know us yet: answering its reply proves our address
+            # to it, one datagram instead of its PING and our PONG. The PONG goes only to
+            # where we sent our request, and only once per matched reply.
+            self._send(self._seal(Pong(env.nonce))[1], addr)
         if not pending.future.done():
             pending.future.set_result(env)
 
@@ -436,16 +445,26 @@ class Dht:
                 probe = sender
             else:
                 then = sender
+        # An unknown sender we have room for is asked to answer the reply with a PONG,
+        # which proves its address as a PONG to our PING would (_await_ack).
+        ack = probe is sender and self._may_probe(sender)
+        if ack and isinstance(reply, (Pong, Nodes, Value, Stored)):
+            reply = replace(reply, ack=True)
+        else:
+            ack = False
         if self._proven.get(addr) == sender.node_id:
             budget = _REPLY_BUDGET
         else:
             # Everything this request makes us send to an unproven address, the ping that
-            # probes it included, stays within AMPLIFICATION times the request.
+            # follows an unanswered ack included, stays within AMPLIFICATION times the
+            # request.
             budget = AMPLIFICATION * size
             if probe is sender:
                 budget -= _encoded_size("ping")
-        self._reply(reply, addr, budget)
-        if probe is not None:
+        nonce = self._reply(reply, addr, budget)
+        if ack and nonce is not None:
+            self._await_ack(nonce, sender)
+        elif probe is not None:
             self._probe(probe, evict_on_failure=then is not None, then=then)
 
     def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
@@ -474,24 +493,44 @@ class Dht:
         more = message.offset + len(page) < len(stored)
         return Value(nonce, tuple(page), more)
 
-    def _reply(self, reply: Reply, addr: Addr, budget: int) -> None:
+    def _reply(self, reply: Reply, addr: Addr, budget: int) -> bytes | None:
+        """Send ``reply`` cut to ``budget``; the nonce it went under, None if not sent."""
         fitted = _fit(reply, budget)
         if fitted is not reply:
             self.stats.truncated_replies += 1
             reply = fitted
-        _, data = self._seal(reply)
+        nonce, data = self._seal(reply)
         while len(data) > budget:
             # Shrink towards the budget: fewer contacts or records, never a fragment.
             if isinstance(reply, Nodes) and reply.nodes:
-                reply = Nodes(reply.re, reply.nodes[:-1])
+                reply = replace(reply, nodes=reply.nodes[:-1])
             elif isinstance(reply, Value) and len(reply.records) > 1:
-                reply = Value(reply.re, reply.records[:-1], True)
+                reply = replace(reply, records=reply.records[:-1], more=True)
             else:
                 break
             self.stats.truncated_replies += 1
-            _, data = self._seal(reply)
+            nonce, data = self._seal(reply)
         if len(data) <= max(budget, wire.OVERHEAD + 32):
             self._send(data, addr)
+            return nonce
+        return None
+
+    def _await_ack(self, nonce: bytes, contact: Contact) -> None:
+        """Our reply under ``nonce`` asked ``contact`` for a PONG. Its PONG is matched like
+        the answer to a PING (``_on_reply``: proven, offered to the table); if none comes,
+        one PING is the probe's retry."""
+        loop = self._get_loop()
+        future: asyncio.Future[Envelope] = loop.create_future()
+        pending = _Pending(future, contact.addr, contact.node_id, (Pong,), loop.time())
+        self._pending[nonce] = pending
+        pending.timer = loop.call_later(self.rtt.timeout(contact.addr), self._expire, nonce)
+        self._probing.add(contact.node_id)
+        future.add_done_callback(partial(self._acked, contact))
+
+    def _acked(self, contact: Contact, future: asyncio.Future[Envelope]) -> None:
+        self._probing.discard(contact.node_id)
+        if not future.cancelled() and future.exception() is not None:
+            self._probe(contact, retries=0)
 
     # ------------------------------------------------------------------ routing table
 
@@ -617,23 +656,28 @@ class Dht:
         finally:
             self._confirming.discard(ident)
 
+    def _may_probe(self, contact: Contact) -> bool:
+        return not (
+            self.settings.read_only or self._closed or contact.node_id in self._probing
+            or len(self._probing) > 256
+        )
+
     def _probe(
-        self, contact: Contact, *, evict_on_failure: bool = False, then: Contact | None = None
+        self, contact: Contact, *, evict_on_failure: bool = False, then: Contact | None = None,
+        retries: int = 1,
     ) -> None:
         """Ping ``contact`` (an answer offers it to the table); if it does not answer,
         evict it (with ``evict_on_failure``) and probe ``then`` in its place."""
-        if self.settings.read_only or contact.node_id in self._probing or self._closed:
-            return
-        if len(self._probing) > 256:
+        if not self._may_probe(contact):
             return
         self._probing.add(contact.node_id)
-        self._spawn(self._probe_task(contact, evict_on_failure, then))
+        self._spawn(self._probe_task(contact, evict_on_failure, then, retries))
 
     async def _probe_task(
-        self, contact: Contact, evict_on_failure: bool, then: Contact | None
+        self, contact: Contact, evict_on_failure: bool, then: Contact | None, retries: int
     ) -> None:
         try:
-            await self.call(contact.addr, Ping(), expect=contact.node_id)
+            await self.call(contact.addr, Ping(), expect=contact.node_id, retries=retries)
         except (NetworkError, RemoteProtocolError):
             if evict_on_failure:
                 self._failed(contact, max_failures=1)

@@ -136,7 +136,9 @@ class Request(Message):
 
 
 class Reply(Message):
-    """A message that answers the request whose nonce is ``re``."""
+    """A message that answers the request whose nonce is ``re``. PONG, NODES, VALUE and
+    STORED may set ``ack``: the responder does not know the requester yet and asks it to
+    prove its address by answering this reply with a PONG (``docs/protocol.md`` 3.3)."""
 
     re: bytes
 
@@ -161,16 +163,17 @@ class Ping(Request):
 @dataclass(frozen=True, slots=True)
 class Pong(Reply):
     TYPE = MsgType.PONG
-    FIELDS = frozenset({"re"})
+    FIELDS = frozenset({"re", "ack"})
     re: bytes
+    ack: bool = False
 
     def to_body(self) -> dict[str, Any]:
-        return {"re": self.re}
+        return {"re": self.re, "ack": True} if self.ack else {"re": self.re}
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> Pong:
         _only(body, cls.FIELDS)
-        return cls(_bytes(body, "re", NONCE_SIZE))
+        return cls(_bytes(body, "re", NONCE_SIZE), _flag(body, "ack"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +205,16 @@ class Nodes(Reply):
     """The receiver's closest contacts to a FIND_NODE target (or a FIND_VALUE key)."""
 
     TYPE = MsgType.NODES
-    FIELDS = frozenset({"re", "nodes"})
+    FIELDS = frozenset({"re", "nodes", "ack"})
     re: bytes
     nodes: tuple[Contact, ...]
+    ack: bool = False
 
     def to_body(self) -> dict[str, Any]:
-        return {"re": self.re, "nodes": [c.encoded() for c in self.nodes]}
+        body: dict[str, Any] = {"re": self.re, "nodes": [c.encoded() for c in self.nodes]}
+        if self.ack:
+            body["ack"] = True
+        return body
 
     @classmethod
     def from_body(cls, body: dict[Any, Any]) -> Nodes:
@@ -215,7 +222,10 @@ class Nodes(Reply):
         raw = body.get("nodes")
         if not isinstance(raw, list):
             raise MistypedMessage("field 'nodes' must be a list")
-        return cls(_bytes(body, "re", NONCE_SIZE), tuple(Contact.from_wire(c) for c in raw))
+        return cls(
+            _bytes(body, "re", NONCE_SIZE), tuple(Contact.from_wire(c) for c in raw),
+            _flag(body, "ack"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,15 +268,18 @@ class Value(Reply):
     """Signed records stored under a key; ``more`` when they did not all fit."""
 
     TYPE = MsgType.VALUE
-    FIELDS = frozenset({"re", "records", "more"})
+    FIELDS = frozenset({"re", "records", "more", "ack"})
     re: bytes
     records: tuple[bytes, ...]
     more: bool = False
+    ack: bool = False
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"re": self.re, "records": list(self.records)}
         if self.more:
             body["more"] = True
+        if self.ack:
+            body["ack"] = True
         return body
 
     @classmethod
@@ -275,7 +288,9 @@ class Value(Reply):
         raw = body.get("records")
         if not isinstance(raw, list) or not all(isinstance(r, bytes) for r in raw):
             raise MistypedMessage("field 'records' must be a list of bytes")
-        return cls(_bytes(body, "re", NONCE_SIZE), tuple(raw), _flag(body, "more"))
+        return cls(
+            _bytes(body, "re", NONCE_SIZE), tuple(raw), _flag(body, "more"), _flag(body, "ack")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,15 +317,18 @@ class Stored(Reply):
     """Whether a STORE was kept, and why not."""
 
     TYPE = MsgType.STORED
-    FIELDS = frozenset({"re", "ok", "why"})
+    FIELDS = frozenset({"re", "ok", "why", "ack"})
     re: bytes
     ok: bool
     why: str = ""
+    ack: bool = False
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"re": self.re, "ok": self.ok}
         if self.why:
             body["why"] = self.why
+        if self.ack:
+            body["ack"] = True
         return body
 
     @classmethod
@@ -318,7 +336,10 @@ class Stored(Reply):
         _only(body, cls.FIELDS)
         if "ok" not in body:
             raise MistypedMessage("field 'ok' is required")
-        return cls(_bytes(body, "re", NONCE_SIZE), _flag(body, "ok"), _text(body, "why"))
+        return cls(
+            _bytes(body, "re", NONCE_SIZE), _flag(body, "ok"), _text(body, "why"),
+            _flag(body, "ack"),
+        )
 
 
 class ErrorCode(IntEnum):

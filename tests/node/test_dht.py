@@ -19,6 +19,7 @@ from knarr.node import wire
 from knarr.node.contact import Contact
 from knarr.node.dht import DhtSettings
 from knarr.node.identity import Identity
+from knarr.node.lookup import RttEstimator
 from knarr.node.records import skill_key
 from knarr.node.wire import FindNode, Nodes, Ping, Pong
 from tests.conftest import NodeFactory, sheet, wait_for
@@ -253,6 +254,83 @@ async def test_replies_to_unproven_addresses_do_not_amplify(make_node: NodeFacto
         assert len(peer.received[0]) <= 3 * len(request)
         assert 0 < len(reply.message.nodes) < 20
         assert hub.dht.stats.truncated_replies > 0
+    finally:
+        transport.close()
+
+
+def _opened(data: bytes) -> wire.Envelope:
+    return wire.open_envelope(data, now_ms=_now_ms(), replay=None)
+
+
+async def test_an_unknown_requester_proves_its_address_by_answering_the_reply(
+    make_node: NodeFactory,
+) -> None:
+    node = await make_node()
+    transport, peer = await _raw_peer()
+    try:
+        transport.sendto(peer.seal(FindNode(bytes(32)), b"\x03" * 16), node.address)
+        await wait_for(lambda: len(peer.received) == 1)
+        reply = _opened(peer.received[0])
+        assert isinstance(reply.message, Nodes) and reply.message.ack
+        assert peer.identity.node_id not in node.dht.table  # asked, not yet proven
+        transport.sendto(peer.seal(Pong(reply.nonce), b"\x04" * 16), node.address)
+        await wait_for(lambda: peer.identity.node_id in node.dht.table)
+        # The reply was the whole probe: no PING went out before the answer to this one.
+        transport.sendto(peer.seal(Ping(ro=True), b"\x05" * 16), node.address)
+        await wait_for(lambda: isinstance(_opened(peer.received[-1]).message, Pong))
+        assert [type(_opened(d).message) for d in peer.received] == [Nodes, Pong]
+        assert not _opened(peer.received[-1]).message.ack  # known now, and asked with ro
+    finally:
+        transport.close()
+
+
+async def test_an_unanswered_ack_is_followed_by_one_ping(make_node: NodeFactory) -> None:
+    node = await make_node(settings=DhtSettings(rtt=RttEstimator(initial=0.05)))
+    transport, peer = await _raw_peer()
+    try:
+        transport.sendto(peer.seal(FindNode(bytes(32)), b"\x06" * 16), node.address)
+        await wait_for(lambda: len(peer.received) == 2)  # the NODES, then a PING
+        await wait_for(lambda: not node.dht._probing)  # the PING has timed out too
+        reply, ping = (_opened(d) for d in peer.received)
+        assert isinstance(reply.message, Nodes) and reply.message.ack
+        assert isinstance(ping.message, Ping)
+        assert len(peer.received) == 2  # one PING, no retry: the ack was the first try
+        assert peer.identity.node_id not in node.dht.table
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["full node", "read-only"])
+async def test_only_a_matched_reply_asking_for_ack_is_answered(
+    make_node: NodeFactory, read_only: bool,
+) -> None:
+    node = await make_node(settings=DhtSettings(read_only=read_only))
+    transport, peer = await _raw_peer()
+    addr = transport.get_extra_info("sockname")
+    try:
+        # Nobody asked for this one, so nothing answers it.
+        transport.sendto(peer.seal(Pong(b"\x08" * 16, ack=True), b"\x09" * 16), node.address)
+        asked = node.dht.request(addr, Ping(ro=read_only), expect=peer.identity.node_id)
+        await wait_for(lambda: len(peer.received) == 1)
+        transport.sendto(
+            peer.seal(Pong(_opened(peer.received[0]).nonce, ack=True), b"\x0a" * 16),
+            node.address,
+        )
+        await asked
+        # A second request marks the end: whatever answered the first went out before it.
+        marker = node.dht.request(addr, Ping(ro=True))
+        await wait_for(lambda: isinstance(_opened(peer.received[-1]).message, Ping) and
+                       len(peer.received) > 1)
+        transport.sendto(
+            peer.seal(Pong(_opened(peer.received[-1]).nonce), b"\x0b" * 16), node.address
+        )
+        await marker
+        got = [_opened(d).message for d in peer.received]
+        if read_only:
+            assert [type(m) for m in got] == [Ping, Ping]
+        else:
+            assert [type(m) for m in got] == [Ping, Pong, Ping]
+            assert got[1] == Pong(b"\x0a" * 16)  # answers the reply's own nonce, no ack
     finally:
         transport.close()
 

@@ -248,6 +248,7 @@ def envelopes() -> dict[str, tuple[Identity, bytes, Message]]:
         "ping": (a, n, Ping()),
         "ping_ro": (a, n, Ping(ro=True)),
         "pong": (b, REPLY_NONCE, Pong(re=n)),
+        "pong_ack": (b, REPLY_NONCE, Pong(re=n, ack=True)),
         "find_node": (a, n, FindNode(target=ALICE.node_id)),
         "nodes": (b, REPLY_NONCE, Nodes(re=n, nodes=contacts())),
         "find_value": (a, n, FindValue(key=skill_key("echo"))),
