@@ -191,6 +191,7 @@ class _Pending:
     kinds: tuple[type[Reply], ...]
     sent_at: float
     timer: asyncio.TimerHandle | None = None
+    is_ack: bool = False  # a reply of ours that asked for a PONG (see _await_ack)
 
 
 class Dht:
@@ -385,14 +386,16 @@ class Dht:
         self._late.pop(message.re, None)
         if pending.timer:
             pending.timer.cancel()
+        if getattr(message, "ack", False) and not (self.settings.read_only or pending.is_ack):
+            # The responder does not know us yet: answering its reply proves our address
+            # to it, one datagram instead of its PING and our PONG. The PONG goes only to
+            # where we sent our request, once per matched reply, and first, so that our
+            # own work does not count in the responder's round-trip sample. A PONG that
+            # answers an ack of ours is never answered, whatever it says.
+            self._send(self._seal(Pong(env.nonce))[1], addr)
         self.rtt.observe(addr, loop_now - pending.sent_at)
         self._prove(addr, env.sender_id)
         self._offer(Contact(env.sender_id, addr[0], addr[1]))
-        if getattr(message, "ack", False) and not self.settings.read_only:
-            # The responder does not know us yet: answering its reply proves our address
-            # to it, one datagram instead of its PING and our PONG. The PONG goes only to
-            # where we sent our request, and only once per matched reply.
-            self._send(self._seal(Pong(env.nonce))[1], addr)
         if not pending.future.done():
             pending.future.set_result(env)
 
@@ -429,25 +432,21 @@ class Dht:
         else:  # pragma: no cover - every request type is handled above
             reply = Error(env.nonce, ErrorCode.BAD_REQUEST, "unsupported request")
         now = self._get_loop().time()
-        probe: Contact | None = None
-        then: Contact | None = None
+        probe = False
         if message.ro:
             pass
         elif sender.node_id in self.table:
             entry = self.table.get(sender.node_id)
             if entry is not None and entry.contact.addr == addr:
                 self.table.seen(sender.node_id, now)
-        elif self.table.wants(sender, now, self.settings.fresh_interval):
-            # A full bucket: its stale oldest contact is pinged first, and the newcomer
-            # only if that one has gone (one ping instead of two when it is still there).
-            probe = self.table.stale_oldest(sender.node_id, now, self.settings.fresh_interval)
-            if probe is None:
-                probe = sender
-            else:
-                then = sender
-        # An unknown sender we have room for is asked to answer the reply with a PONG,
-        # which proves its address as a PONG to our PING would (_await_ack).
-        ack = probe is sender and self._may_probe(sender)
+        else:
+            # A sender that could get in (its bucket has room, or the bucket's oldest is
+            # stale) must prove its address first. The reply asks it for a PONG, which
+            # proves it as a PONG to our PING would (_await_ack); once proven, it is
+            # offered to the table like anyone who answers us, so a full bucket pings its
+            # stale oldest contact then, and never for a sender that cannot prove itself.
+            probe = self.table.wants(sender, now, self.settings.fresh_interval)
+        ack = probe and self._may_probe(sender)
         if ack and isinstance(reply, (Pong, Nodes, Value, Stored)):
             reply = replace(reply, ack=True)
         else:
@@ -455,17 +454,17 @@ class Dht:
         if self._proven.get(addr) == sender.node_id:
             budget = _REPLY_BUDGET
         else:
-            # Everything this request makes us send to an unproven address, the ping that
-            # follows an unanswered ack included, stays within AMPLIFICATION times the
-            # request.
+            # Everything this request makes us send to an unproven address, the PING
+            # that follows an unanswered ack included, stays within AMPLIFICATION times
+            # the request.
             budget = AMPLIFICATION * size
-            if probe is sender:
+            if probe:
                 budget -= _encoded_size("ping")
         nonce = self._reply(reply, addr, budget)
         if ack and nonce is not None:
             self._await_ack(nonce, sender)
-        elif probe is not None:
-            self._probe(probe, evict_on_failure=then is not None, then=then)
+        elif probe:
+            self._probe(sender, retries=0)
 
     def _closest_for(self, target: bytes, addr: Addr, sender: Contact) -> list[Contact]:
         contacts = self.table.closest(target, exclude=sender.node_id)
@@ -521,7 +520,9 @@ class Dht:
         one PING is the probe's retry."""
         loop = self._get_loop()
         future: asyncio.Future[Envelope] = loop.create_future()
-        pending = _Pending(future, contact.addr, contact.node_id, (Pong,), loop.time())
+        pending = _Pending(
+            future, contact.addr, contact.node_id, (Pong,), loop.time(), is_ack=True
+        )
         self._pending[nonce] = pending
         pending.timer = loop.call_later(self.rtt.timeout(contact.addr), self._expire, nonce)
         self._probing.add(contact.node_id)
@@ -663,26 +664,22 @@ class Dht:
         )
 
     def _probe(
-        self, contact: Contact, *, evict_on_failure: bool = False, then: Contact | None = None,
-        retries: int = 1,
+        self, contact: Contact, *, evict_on_failure: bool = False, retries: int = 1
     ) -> None:
         """Ping ``contact`` (an answer offers it to the table); if it does not answer,
-        evict it (with ``evict_on_failure``) and probe ``then`` in its place."""
+        evict it (with ``evict_on_failure``): a proven newcomer waiting in the bucket's
+        replacement cache then takes its place."""
         if not self._may_probe(contact):
             return
         self._probing.add(contact.node_id)
-        self._spawn(self._probe_task(contact, evict_on_failure, then, retries))
+        self._spawn(self._probe_task(contact, evict_on_failure, retries))
 
-    async def _probe_task(
-        self, contact: Contact, evict_on_failure: bool, then: Contact | None, retries: int
-    ) -> None:
+    async def _probe_task(self, contact: Contact, evict_on_failure: bool, retries: int) -> None:
         try:
             await self.call(contact.addr, Ping(), expect=contact.node_id, retries=retries)
         except (NetworkError, RemoteProtocolError):
             if evict_on_failure:
                 self._failed(contact, max_failures=1)
-            if then is not None:
-                self._probe(then)
         finally:
             self._probing.discard(contact.node_id)
 

@@ -219,16 +219,6 @@ class RoutingTable:
             return False
         return len(bucket) < self.k or now - next(iter(bucket.values())).last_seen >= fresh
 
-    def stale_oldest(self, node_id: bytes, now: float, fresh: float) -> Contact | None:
-        """The oldest contact of ``node_id``'s bucket, if the bucket is full and that
-        contact has not been heard from in ``fresh`` seconds: the one to ping (and evict
-        if it does not answer) before a newcomer can have its place."""
-        bucket = self._buckets.get(bucket_index(self.own_id, node_id))
-        if not bucket or len(bucket) < self.k:
-            return None
-        oldest = next(iter(bucket.values()))
-        return oldest.contact if now - oldest.last_seen >= fresh else None
-
     def seen(self, node_id: bytes, now: float) -> None:
         """A contact in the table answered: it becomes the most recently seen."""
         index = bucket_index(self.own_id, node_id)

@@ -335,6 +335,109 @@ async def test_only_a_matched_reply_asking_for_ack_is_answered(
         transport.close()
 
 
+async def test_an_unknown_requester_costs_an_unproven_address_at_most_three_times_its_request(
+    make_node: NodeFactory,
+) -> None:
+    nodes = [await make_node(settings=DhtSettings(rtt=RttEstimator(initial=0.05)))]
+    nodes += [await make_node() for _ in range(24)]
+    hub = nodes[0]
+    for n in nodes[1:]:
+        await n.join([f"127.0.0.1:{hub.port}"])
+    transport, peer = await _raw_peer()
+    try:
+        request = peer.seal(FindNode(bytes(32)), b"\x0c" * 16)
+        transport.sendto(request, hub.address)
+        await wait_for(lambda: len(peer.received) == 2)  # the reply, then the PING
+        await wait_for(lambda: not hub.dht._probing)  # and nothing after it
+        reply, ping = (_opened(d) for d in peer.received)
+        assert isinstance(reply.message, Nodes) and reply.message.ack  # the flag survives
+        assert 0 < len(reply.message.nodes) < 20  # cutting the reply to its budget
+        assert isinstance(ping.message, Ping)
+        assert sum(map(len, peer.received)) <= 3 * len(request)
+    finally:
+        transport.close()
+
+
+async def test_an_ack_is_answered_only_from_the_address_and_key_it_went_to(
+    make_node: NodeFactory,
+) -> None:
+    node = await make_node()
+    transport, peer = await _raw_peer()
+    other, stranger = await _raw_peer()
+    try:
+        transport.sendto(peer.seal(FindNode(bytes(32)), b"\x0d" * 16), node.address)
+        transport.sendto(peer.seal(FindNode(bytes(32)), b"\x0e" * 16), node.address)
+        await wait_for(lambda: len(peer.received) == 2)
+        first, second = (_opened(d).message for d in peer.received)
+        assert isinstance(first, Nodes) and isinstance(second, Nodes)
+        assert (first.ack, second.ack) == (True, False)  # one proof at a time
+        nonce = _opened(peer.received[0]).nonce
+        # Another key from the right address, the right key from another port: no.
+        transport.sendto(stranger.seal(Pong(nonce), b"\x0f" * 16), node.address)
+        other.sendto(peer.seal(Pong(nonce), b"\x10" * 16), node.address)
+        await wait_for(lambda: node.dht.stats.received == 4)
+        assert peer.identity.node_id not in node.dht.table
+        assert stranger.identity.node_id not in node.dht.table
+        # The right key from the right address, even asking for an ack back: yes, and
+        # nothing answers that.
+        transport.sendto(peer.seal(Pong(nonce, ack=True), b"\x11" * 16), node.address)
+        await wait_for(lambda: peer.identity.node_id in node.dht.table)
+        transport.sendto(peer.seal(Ping(ro=True), b"\x12" * 16), node.address)
+        await wait_for(lambda: len(peer.received) == 3)
+        last = _opened(peer.received[-1]).message
+        assert isinstance(last, Pong) and last.re == b"\x12" * 16
+    finally:
+        transport.close()
+        other.close()
+
+
+def _same_bucket_identity(own: bytes, other: bytes) -> Identity:
+    """An identity whose id falls in the bucket of ``other`` in ``own``'s table."""
+    from knarr.node.routing import bucket_index
+
+    while True:
+        identity = Identity.generate()
+        if bucket_index(own, identity.node_id) == bucket_index(own, other):
+            return identity
+
+
+@pytest.mark.parametrize("proves", [True, False], ids=["proven", "unproven"])
+async def test_a_full_bucket_pings_its_stale_oldest_only_for_a_proven_newcomer(
+    make_node: NodeFactory, proves: bool,
+) -> None:
+    node = await make_node(
+        settings=DhtSettings(k=1, fresh_interval=0.0, rtt=RttEstimator(initial=0.05))
+    )
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the bucket's only contact
+    silent.bind(("127.0.0.1", 0))
+    silent.setblocking(False)
+    old = Contact(Identity.generate().node_id, *silent.getsockname())
+    node.dht.table.add(old, asyncio.get_running_loop().time())
+    transport, peer = await _raw_peer()
+    peer.identity = _same_bucket_identity(node.identity.node_id, old.node_id)
+    try:
+        transport.sendto(peer.seal(FindNode(bytes(32)), b"\x13" * 16), node.address)
+        await wait_for(lambda: len(peer.received) == 1)
+        reply = _opened(peer.received[0])
+        assert isinstance(reply.message, Nodes) and reply.message.ack
+        if proves:
+            transport.sendto(peer.seal(Pong(reply.nonce), b"\x14" * 16), node.address)
+            # Proven, it waits in the replacement cache; the stale oldest is pinged, does
+            # not answer, and the newcomer takes its place.
+            await wait_for(lambda: peer.identity.node_id in node.dht.table)
+            assert old.node_id not in node.dht.table
+            assert silent.recv(2048)  # the PING that found it gone
+        else:
+            await wait_for(lambda: len(peer.received) == 2)  # the fallback PING, unanswered
+            await wait_for(lambda: not node.dht._probing)
+            assert old.node_id in node.dht.table
+            with pytest.raises(BlockingIOError):
+                silent.recv(2048)  # an unproven sender never made us ping our contact
+    finally:
+        transport.close()
+        silent.close()
+
+
 async def test_replayed_datagram_gets_no_second_answer(make_node: NodeFactory) -> None:
     node = await make_node()
     transport, peer = await _raw_peer()
