@@ -391,6 +391,32 @@ async def test_an_ack_is_answered_only_from_the_address_and_key_it_went_to(
         other.close()
 
 
+async def test_a_reply_cut_down_after_signing_keeps_its_ack(
+    make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # _fit's arithmetic is exact, so the shrink loop after signing is a fallback that
+    # nothing reaches; without _fit it must still cut to the budget and keep the flag.
+    import knarr.node.dht as dht_module
+
+    monkeypatch.setattr(dht_module, "_fit", lambda reply, budget: reply)
+    node = await make_node()
+    transport, peer = await _raw_peer()
+    try:
+        contacts = tuple(
+            Contact(Identity.generate().node_id, f"192.0.2.{i}", 9000) for i in range(20)
+        )
+        sent = node.dht._reply(
+            Nodes(b"\x15" * 16, contacts, ack=True), transport.get_extra_info("sockname"), 400
+        )
+        await wait_for(lambda: len(peer.received) == 1)
+        reply = _opened(peer.received[0])
+        assert reply.nonce == sent and len(peer.received[0]) <= 400
+        assert isinstance(reply.message, Nodes) and reply.message.ack
+        assert 0 < len(reply.message.nodes) < 20
+    finally:
+        transport.close()
+
+
 def _same_bucket_identity(own: bytes, other: bytes) -> Identity:
     """An identity whose id falls in the bucket of ``other`` in ``own``'s table."""
     from knarr.node.routing import bucket_index
