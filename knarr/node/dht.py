@@ -304,17 +304,29 @@ class Dht:
     ) -> asyncio.Future[Envelope]:
         """Send a request; the future resolves with the verified reply envelope, or fails
         with :class:`RequestTimeout` or :class:`RemoteProtocolError`."""
-        loop = self._get_loop()
-        future: asyncio.Future[Envelope] = loop.create_future()
         if self._closed:
+            future: asyncio.Future[Envelope] = self._get_loop().create_future()
             future.set_exception(NetworkError("the node is stopped"))
             return future
         nonce, data = self._seal(message)
-        pending = _Pending(future, addr, expect, _EXPECTED_REPLIES[type(message)], loop.time())
+        future = self._expect(
+            nonce, addr, expect, _EXPECTED_REPLIES[type(message)], timeout=timeout
+        )
+        self._send(data, addr)
+        return future
+
+    def _expect(
+        self, nonce: bytes, addr: Addr, expect: bytes | None, kinds: tuple[type[Reply], ...],
+        *, timeout: float | None = None, is_ack: bool = False,
+    ) -> asyncio.Future[Envelope]:
+        """Keep ``nonce`` outstanding towards ``addr`` until a reply matches it
+        (``_on_reply``) or the timeout (``_expire``)."""
+        loop = self._get_loop()
+        future: asyncio.Future[Envelope] = loop.create_future()
+        pending = _Pending(future, addr, expect, kinds, loop.time(), is_ack=is_ack)
         self._pending[nonce] = pending
         wait = timeout if timeout is not None else self.rtt.timeout(addr)
         pending.timer = loop.call_later(wait, self._expire, nonce)
-        self._send(data, addr)
         return future
 
     def _expire(self, nonce: bytes) -> None:
@@ -518,13 +530,7 @@ class Dht:
         """Our reply under ``nonce`` asked ``contact`` for a PONG. Its PONG is matched like
         the answer to a PING (``_on_reply``: proven, offered to the table); if none comes,
         one PING is the probe's retry."""
-        loop = self._get_loop()
-        future: asyncio.Future[Envelope] = loop.create_future()
-        pending = _Pending(
-            future, contact.addr, contact.node_id, (Pong,), loop.time(), is_ack=True
-        )
-        self._pending[nonce] = pending
-        pending.timer = loop.call_later(self.rtt.timeout(contact.addr), self._expire, nonce)
+        future = self._expect(nonce, contact.addr, contact.node_id, (Pong,), is_ack=True)
         self._probing.add(contact.node_id)
         future.add_done_callback(partial(self._acked, contact))
 

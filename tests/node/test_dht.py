@@ -20,6 +20,7 @@ from knarr.node.contact import Contact
 from knarr.node.dht import DhtSettings
 from knarr.node.identity import Identity
 from knarr.node.lookup import RttEstimator
+from knarr.node.node import Node
 from knarr.node.records import skill_key
 from knarr.node.wire import FindNode, Nodes, Ping, Pong
 from tests.conftest import NodeFactory, sheet, wait_for
@@ -239,11 +240,16 @@ async def _raw_peer() -> tuple[asyncio.DatagramTransport, _RawPeer]:
     return transport, proto
 
 
+async def _hub(make_node: NodeFactory, settings: DhtSettings | None = None) -> Node:
+    """A node that 24 others have joined through: it knows more than a small reply holds."""
+    hub = await make_node(settings=settings)
+    for _ in range(24):
+        await (await make_node()).join([f"127.0.0.1:{hub.port}"])
+    return hub
+
+
 async def test_replies_to_unproven_addresses_do_not_amplify(make_node: NodeFactory) -> None:
-    nodes = [await make_node() for _ in range(25)]
-    hub = nodes[0]
-    for n in nodes[1:]:
-        await n.join([f"127.0.0.1:{hub.port}"])
+    hub = await _hub(make_node)
     transport, peer = await _raw_peer()
     try:
         request = peer.seal(FindNode(bytes(32), ro=True), b"\x01" * 16)
@@ -338,11 +344,7 @@ async def test_only_a_matched_reply_asking_for_ack_is_answered(
 async def test_an_unknown_requester_costs_an_unproven_address_at_most_three_times_its_request(
     make_node: NodeFactory,
 ) -> None:
-    nodes = [await make_node(settings=DhtSettings(rtt=RttEstimator(initial=0.05)))]
-    nodes += [await make_node() for _ in range(24)]
-    hub = nodes[0]
-    for n in nodes[1:]:
-        await n.join([f"127.0.0.1:{hub.port}"])
+    hub = await _hub(make_node, DhtSettings(rtt=RttEstimator(initial=0.05)))
     transport, peer = await _raw_peer()
     try:
         request = peer.seal(FindNode(bytes(32)), b"\x0c" * 16)
