@@ -4,7 +4,8 @@
         --loss 0.01 --duration 3600 --seed 1 [--sybil 1000] [--eclipse 32] [--poison] \\
         [--reflect] [--json]
 
-Every node is an unmodified ``knarr.node.dht.Dht`` with real signatures; the network,
+Every node is an unmodified ``knarr.node.dht.Dht`` (signing with a same-size stand-in
+for Ed25519 unless ``--real-signatures``); the network,
 the clock and the attackers are simulated. The same arguments give the same output.
 Progress goes to stderr; the figures to stdout (``--json``: one JSON object).
 """
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="spoof a victim's address in requests; measure amplification")
     p.add_argument("--no-crowd-detection", dest="crowd_detection", action="store_false",
                    help="lookups without the eclipse defence (to measure what it buys)")
+    p.add_argument("--real-signatures", action="store_true",
+                   help="sign with Ed25519, not the simulator's same-size stand-in (slower; "
+                   "the figures are the same)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
@@ -94,6 +98,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         poison=args.poison,
         reflect=args.reflect,
         crowd_detection=args.crowd_detection,
+        real_signatures=args.real_signatures,
         progress=not args.quiet,
     )
 

@@ -61,6 +61,7 @@ class SimConfig:
     poison: bool = False
     reflect: bool = False
     crowd_detection: bool = True  # False: lookups without the eclipse defence (a "before")
+    real_signatures: bool = False  # True: Ed25519, not the simulator's stand-in (slower)
     progress: bool = False
 
     @property

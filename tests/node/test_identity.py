@@ -9,7 +9,7 @@ import pytest
 
 from knarr.errors import BadSignature, StorageError
 from knarr.node import identity as identity_module
-from knarr.node.identity import Identity, node_id_of, remember_signatures, verify
+from knarr.node.identity import Identity, node_id_of, stand_in_signatures, verify
 from knarr.node.store import Store
 
 _TEST_1024_MESSAGE = (
@@ -176,13 +176,16 @@ def test_a_stored_key_of_the_wrong_sqlite_type_is_a_storage_error(tmp_path: Path
         store.close()
 
 
-def test_remembered_signatures_skip_only_the_exact_bytes_signed(
+def test_stand_in_signatures_verify_only_what_their_key_signed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     alice, bob = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
-    remember_signatures(2)
+    real_signature = alice.sign(b"hello")
+    stand_in_signatures(True)
     try:
         signature = alice.sign(b"hello")
+        assert len(signature) == 64 and signature != real_signature
+        assert alice.sign(b"hello") == signature  # deterministic, as Ed25519 is
         calls: list[bytes] = []
         real = identity_module.nacl.signing.VerifyKey
 
@@ -192,15 +195,20 @@ def test_remembered_signatures_skip_only_the_exact_bytes_signed(
 
         monkeypatch.setattr(identity_module.nacl.signing, "VerifyKey", counting)
         verify(alice.public_key, b"hello", signature)
-        assert calls == []  # made here: no Ed25519 verification needed
-        for key, message in ((alice.public_key, b"hellO"), (bob.public_key, b"hello")):
+        assert calls == []  # no Ed25519 work
+        bob_signature = bob.sign(b"hello")
+        for key, message, sig in (
+            (alice.public_key, b"hellO", signature),  # tampered message
+            (bob.public_key, b"hello", signature),  # someone else's signature
+            (alice.public_key, b"hello", bob_signature),  # signed by the wrong key
+            (alice.public_key, b"hello", bytes(64)),  # forged
+        ):
             with pytest.raises(BadSignature):
-                verify(key, message, signature)
-        assert len(calls) == 2
-        alice.sign(b"two")
-        alice.sign(b"three")  # the oldest is forgotten, and verified the usual way again
-        verify(alice.public_key, b"hello", signature)
-        assert len(calls) == 3
+                verify(key, message, sig)
+        assert len(calls) == 4  # each went to Ed25519, which refused it
+        verify(alice.public_key, b"hello", real_signature)  # Ed25519 still verifies
     finally:
-        remember_signatures(0)
-    assert identity_module._made is None
+        stand_in_signatures(False)
+    assert alice.sign(b"hello") == real_signature
+    with pytest.raises(BadSignature):  # a stand-in is no signature outside the simulator
+        verify(alice.public_key, b"hello", signature)
