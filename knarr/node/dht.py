@@ -183,6 +183,10 @@ class _Publication:
     short: int = 0  # publications in a row that reached fewer nodes than the table holds
 
 
+def _after_done(*_: object, **__: object) -> None:
+    """What a finished lookup's ``launch`` and ``fetch_page`` become (see Dht.lookup)."""
+
+
 @dataclass
 class _Pending:
     future: asyncio.Future[Envelope]
@@ -861,7 +865,16 @@ class Dht:
 
         launch(machine.start())
         check()
-        await done
+        try:
+            await done
+        finally:
+            # launch and on_done, and fetch_page and on_page, call each other, so their
+            # closures form a reference cycle that holds the whole lookup (candidates,
+            # contacts, records). Finished or cancelled, a lookup sends nothing more, so
+            # both become a no-op: that also breaks the cycle, and the lookup is freed by
+            # reference counting when its last request ends instead of by the cyclic
+            # collector (which otherwise collects every lookup a node makes).
+            launch = fetch_page = _after_done  # noqa: F811 (rebinds the closures' cells)
         return LookupResult(
             machine.closest(),
             sorted(found.values(), key=lambda r: r.slot),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
+from typing import Any
 
 import pytest
 
@@ -15,11 +18,12 @@ from knarr.errors import (
     RequestTimeout,
     SkillNotFound,
 )
+from knarr.node import dht as dht_module
 from knarr.node import wire
 from knarr.node.contact import Contact
 from knarr.node.dht import DhtSettings
 from knarr.node.identity import Identity
-from knarr.node.lookup import RttEstimator
+from knarr.node.lookup import Lookup, RttEstimator
 from knarr.node.node import Node
 from knarr.node.records import skill_key
 from knarr.node.wire import FindNode, Nodes, Ping, Pong
@@ -525,3 +529,55 @@ async def test_new_neighbour_is_handed_the_records_it_should_hold(
     # c is among the k closest to every key in a 3-node network, so it gets a copy
     # without anyone republishing.
     await wait_for(lambda: len(c.dht.records.get(skill_key("handed"), now_s=0)) == 1)
+
+
+async def test_a_finished_lookup_is_freed_without_the_cyclic_collector(
+    make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = [await make_node() for _ in range(5)]
+    for n in nodes[1:]:
+        await n.join([f"127.0.0.1:{nodes[0].port}"])
+    target = bytes(32)
+    machines: list[weakref.ref[Lookup]] = []
+
+    class Tracked(Lookup):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.target == target:
+                machines.append(weakref.ref(self))
+
+    monkeypatch.setattr(dht_module, "Lookup", Tracked)
+    gc.collect()
+    gc.disable()  # anything still alive below is held by a reference cycle
+    try:
+        result = await nodes[4].dht.lookup(target)
+        assert len(result.closest) == 4
+        await wait_for(lambda: not nodes[4].dht._pending)  # its last request has ended
+        assert len(machines) == 1
+        assert machines[0]() is None
+    finally:
+        gc.enable()
+
+
+async def test_a_cancelled_lookup_sends_no_more_queries(make_node: NodeFactory) -> None:
+    node = await make_node()
+    peers = [await _raw_peer() for _ in range(9)]  # they never answer
+    try:
+        seeds = [Contact(bytes([i + 1]) * 32, "127.0.0.1", t.get_extra_info("sockname")[1])
+                 for i, (t, _) in enumerate(peers)]
+
+        def queried() -> int:
+            return sum(len(p.received) for _, p in peers)
+
+        task = asyncio.create_task(node.dht.lookup(bytes(32), seeds=seeds))
+        await wait_for(lambda: queried() == 3)  # alpha queries in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The queries stall (after ~1.1 s) and time out (~1.5 s); a live lookup would
+        # ask the next seeds then. A cancelled one asks nobody.
+        await wait_for(lambda: not node.dht._pending)
+        assert queried() == 3
+    finally:
+        for transport, _ in peers:
+            transport.close()
