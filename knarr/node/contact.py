@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -93,11 +94,24 @@ def is_loopback(host: str) -> bool:
     return _unmapped(host).is_loopback
 
 
-@lru_cache(maxsize=65536)  # asked of every contact in every NODES reply, as is_loopback
-def is_unspecified(host: str) -> bool:
-    """Whether the IP literal ``host`` is ``0.0.0.0`` or ``::`` in any form (IPv4-mapped
-    included): no peer listens there, and a datagram sent there reaches this machine."""
-    return _unmapped(host).is_unspecified
+class HostKind(enum.Enum):
+    """What an address a peer names can be used for (see :func:`host_kind`)."""
+
+    ROUTABLE = "routable"  # an IP literal to send to
+    LOOPBACK = "loopback"  # this machine: usable only if a loopback peer names it
+    UNUSABLE = "unusable"  # not an IP literal, or the unspecified address
+
+
+@lru_cache(maxsize=65536)  # asked of every contact in every NODES reply
+def host_kind(host: str) -> HostKind:
+    """Classify ``host`` (IPv4-mapped IPv6 counts as the IPv4 it is), in one cached step."""
+    try:
+        ip = _unmapped(host)
+    except ValueError:
+        return HostKind.UNUSABLE
+    if ip.is_unspecified:
+        return HostKind.UNUSABLE
+    return HostKind.LOOPBACK if ip.is_loopback else HostKind.ROUTABLE
 
 
 def is_this_host(host: str) -> bool:

@@ -32,9 +32,10 @@ from knarr.node.contact import (
     ID_BITS,
     ID_SIZE,
     Contact,
+    HostKind,
     distance,
+    host_kind,
     is_loopback,
-    is_unspecified,
     pack_ip,
 )
 from knarr.node.identity import Identity
@@ -698,13 +699,10 @@ class Dht:
         from a non-loopback peer (that would aim us at our own host's services)."""
         if contact.node_id == self.identity.node_id:
             return False
-        if is_loopback(contact.host) and not is_loopback(via[0]):
-            return False
-        try:
-            pack_ip(contact.host)
-        except ValueError:
-            return False
-        return not is_unspecified(contact.host)
+        kind = host_kind(contact.host)
+        if kind is HostKind.LOOPBACK:
+            return is_loopback(via[0])
+        return kind is HostKind.ROUTABLE
 
     # ------------------------------------------------------------------ lookups
 

@@ -199,6 +199,7 @@ class _RawPeer(asyncio.DatagramProtocol):
         ("127.0.0.1", "203.0.113.9", False),
         ("::ffff:127.0.0.1", "203.0.113.9", False),
         ("127.0.0.1", "127.0.0.1", True),
+        ("peer.example", "203.0.113.9", False),  # not an IP literal
     ],
 )
 async def test_which_contacts_a_peer_may_tell_us_about(
