@@ -53,10 +53,18 @@ class Contact:
             raise MistypedMessage("contact ip must be 4 or 16 bytes")
         if type(port) is not int or not 0 < port < 65536:
             raise MistypedMessage("contact port must be 1..65535")
-        return cls(node_id, unpack_ip(ip), port)
+        return _from_wire(node_id, ip, port)
 
     def __repr__(self) -> str:
         return f"Contact({self.node_id.hex()[:12]}…@{self.host}:{self.port})"
+
+
+@lru_cache(maxsize=65536)
+def _from_wire(node_id: bytes, ip: bytes, port: int) -> Contact:
+    """One shared :class:`Contact` per (id, address): contacts are immutable, and the
+    same few recur in NODES reply after reply, so each is built (and encoded, see
+    :meth:`Contact.encoded`) once."""
+    return Contact(node_id, unpack_ip(ip), port)
 
 
 def distance(a: bytes, b: bytes) -> int:
