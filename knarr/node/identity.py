@@ -6,8 +6,12 @@ against the key that signed its messages.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
+import hmac
+from collections.abc import Iterator
 
 import nacl.bindings
 import nacl.exceptions
@@ -29,20 +33,26 @@ def node_id_of(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()
 
 
-_stand_in: dict[bytes, bytes] | None = None  # see stand_in_signatures()
+_STAND_IN: contextvars.ContextVar[dict[bytes, bytes] | None] = contextvars.ContextVar(
+    "knarr_stand_in_signatures", default=None
+)  # public key -> MAC key, while stand_in_signatures() is on in this context
 
 
-def stand_in_signatures(on: bool) -> None:
-    """From now on, sign with a keyed BLAKE2b MAC of the same 64 bytes instead of Ed25519
-    (``on``), or with Ed25519 again. For the simulator only; no node turns it on.
+@contextlib.contextmanager
+def stand_in_signatures() -> Iterator[None]:
+    """Inside the block (and in the tasks and callbacks it starts), sign with a keyed
+    BLAKE2b MAC of the same 64 bytes instead of Ed25519. For the simulator only: no node
+    uses it, and it is a context variable, so code outside the block, such as a node in
+    another thread, signs with Ed25519 throughout.
 
     The simulator runs thousands of identities in one process and signs and verifies
     every datagram. Ed25519 costs about 19 µs to sign and 53 µs to verify; signing alone
     was 14 % of a 2,000-node simulation's CPU, spent on work that no simulated figure
-    depends on. The stand-in keeps what the protocol relies on:
+    depends on. The stand-in keeps what the protocol relies on, within the simulation:
 
-    * only the holder of a key can make its signatures, since the MAC key is the
-      identity's secret seed, which never leaves the :class:`Identity`;
+    * the MAC key is derived from the identity's secret seed, so no code that uses the
+      node's API can make another identity's signatures (the keys are in this module's
+      memory, so code that reaches into it could; the simulator's attackers do not);
     * :func:`verify` accepts exactly the (public key, message, signature) bytes that key
       signed; anything else (a forged, tampered, replayed-under-another-key or foreign
       signature) goes to Ed25519 verification, and fails there unless it is a real
@@ -50,17 +60,21 @@ def stand_in_signatures(on: bool) -> None:
     * signatures are 64 bytes, so every datagram and record has its real size.
 
     A peer outside this process cannot verify a stand-in signature, which is why only
-    :func:`knarr.sim.run.simulate` turns it on (and its ``real_signatures`` option shows
-    that a run's figures are the same either way)."""
-    global _stand_in
-    _stand_in = {} if on else None
+    :func:`knarr.sim.run.simulate` uses it (its ``real_signatures`` option shows that a
+    run's figures are the same either way)."""
+    token = _STAND_IN.set({})
+    try:
+        yield
+    finally:
+        _STAND_IN.reset(token)
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> None:
     """Raise :class:`BadSignature` unless ``signature`` is ``public_key``'s over ``message``."""
-    if _stand_in is not None:
-        key = _stand_in.get(public_key)
-        if key is not None and signature == _mac(key, message):
+    stand_in = _STAND_IN.get()
+    if stand_in is not None:
+        key = stand_in.get(public_key)
+        if key is not None and hmac.compare_digest(signature, _mac(key, message)):
             return
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
@@ -121,10 +135,16 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         """The detached 64-byte signature of ``message``."""
-        if _stand_in is not None:  # the simulator's (see stand_in_signatures())
-            seed = self._secret[:32]
-            _stand_in[self.public_key] = seed
-            return _mac(seed, message)
+        stand_in = _STAND_IN.get()
+        if stand_in is not None:  # the simulator's (see stand_in_signatures())
+            # Filed under the public key the secret key holds, not the public_key slot.
+            public_key = self._secret[32:]
+            key = stand_in.get(public_key)
+            if key is None:
+                key = stand_in[public_key] = hashlib.blake2b(
+                    self._secret[:32], person=b"knarr-sim-mac"
+                ).digest()
+            return _mac(key, message)
         return nacl.bindings.crypto_sign(message, self._secret)[:SIGNATURE_SIZE]
 
     def __repr__(self) -> str:

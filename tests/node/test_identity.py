@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,8 +183,7 @@ def test_stand_in_signatures_verify_only_what_their_key_signed(
 ) -> None:
     alice, bob = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
     real_signature = alice.sign(b"hello")
-    stand_in_signatures(True)
-    try:
+    with stand_in_signatures():
         signature = alice.sign(b"hello")
         assert len(signature) == 64 and signature != real_signature
         assert alice.sign(b"hello") == signature  # deterministic, as Ed25519 is
@@ -207,8 +208,34 @@ def test_stand_in_signatures_verify_only_what_their_key_signed(
                 verify(key, message, sig)
         assert len(calls) == 4  # each went to Ed25519, which refused it
         verify(alice.public_key, b"hello", real_signature)  # Ed25519 still verifies
-    finally:
-        stand_in_signatures(False)
     assert alice.sign(b"hello") == real_signature
-    with pytest.raises(BadSignature):  # a stand-in is no signature outside the simulator
+    with pytest.raises(BadSignature):  # a stand-in is no signature outside the block
         verify(alice.public_key, b"hello", signature)
+
+
+def test_a_mislabelled_identity_cannot_sign_for_the_key_it_claims() -> None:
+    alice, mallory = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x03" * 32)
+    with stand_in_signatures():
+        genuine = alice.sign(b"pay")
+        mallory.public_key = alice.public_key  # the slot is writable; the secret is not
+        with pytest.raises(BadSignature):
+            verify(alice.public_key, b"pay", mallory.sign(b"pay"))
+        verify(alice.public_key, b"pay", genuine)
+
+
+async def test_the_stand_in_stays_inside_its_block() -> None:
+    alice = Identity.from_seed(b"\x01" * 32)
+    real_signature = alice.sign(b"hello")
+
+    async def sign() -> bytes:
+        return alice.sign(b"hello")
+
+    other_thread: list[bytes] = []
+    with stand_in_signatures():
+        task = asyncio.get_running_loop().create_task(sign())
+        thread = threading.Thread(target=lambda: other_thread.append(alice.sign(b"hello")))
+        thread.start()
+        thread.join()
+        assert await task != real_signature  # a task started inside uses the stand-in
+    assert other_thread == [real_signature]  # a node in another thread never does
+    assert await sign() == real_signature

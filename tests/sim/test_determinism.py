@@ -7,9 +7,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import nacl.signing
 import pytest
+
+from knarr.node import identity as identity_module
+from knarr.node.identity import Identity
+from knarr.sim import SimConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--nodes", "60", "--dead", "0.2", "--loss", "0.02", "--churn", "1.0",
@@ -48,3 +54,24 @@ def test_the_signature_stand_in_changes_no_figure() -> None:
     assert stand_in == ed25519
     assert stand_in["poison_stores"] and stand_in["poison_stores_accepted"] == {
         "expired": 0, "forged": 0, "replayed": 0, "tampered": 0}
+
+
+def test_a_run_signs_with_the_stand_in_and_leaves_ed25519_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_signs: list[int] = []
+    real = identity_module.nacl.bindings.crypto_sign
+
+    def counting(message: bytes, secret: bytes) -> bytes:
+        real_signs.append(len(message))
+        return real(message, secret)
+
+    monkeypatch.setattr(identity_module.nacl.bindings, "crypto_sign", counting)
+    tiny = SimConfig(nodes=20, lookups=5, records=5, join_period=5.0, settle=2.0,
+                     duration=5.0, seed=1)
+    out = simulate(tiny)
+    assert out["datagrams"] > 0 and real_signs == []  # every signature was the stand-in's
+    simulate(replace(tiny, real_signatures=True))
+    assert len(real_signs) > out["datagrams"] // 2  # Ed25519 when asked for
+    alice = Identity.from_seed(bytes(32))  # after the run: Ed25519 again
+    assert alice.sign(b"") == nacl.signing.SigningKey(bytes(32)).sign(b"").signature
