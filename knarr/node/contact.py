@@ -113,7 +113,10 @@ class HostKind(enum.Enum):
 
 @lru_cache(maxsize=65536)  # asked of every contact in every NODES reply
 def host_kind(host: str) -> HostKind:
-    """Classify ``host`` (IPv4-mapped IPv6 counts as the IPv4 it is), in one cached step."""
+    """Classify ``host`` (IPv4-mapped IPv6 counts as the IPv4 it is), in one cached step.
+    A scoped IPv6 address (``fe80::1%eth0``) names a link of ours, not a peer's address."""
+    if "%" in host:
+        return HostKind.UNUSABLE
     try:
         ip = _unmapped(host)
     except ValueError:

@@ -795,8 +795,8 @@ class Dht:
             return valid
 
         def fetch_page(contact: Contact, offset: int) -> None:
-            if offset > self.records.max_per_key:
-                return
+            if done.done() or offset > self.records.max_per_key:
+                return  # a late VALUE reply: the lookup has its answer
             nonlocal messages
             messages += 1
             fut = self.request(contact.addr, message(offset), expect=contact.node_id)

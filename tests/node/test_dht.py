@@ -200,6 +200,8 @@ class _RawPeer(asyncio.DatagramProtocol):
         ("::ffff:127.0.0.1", "203.0.113.9", False),
         ("127.0.0.1", "127.0.0.1", True),
         ("peer.example", "203.0.113.9", False),  # not an IP literal
+        ("fe80::1%eth0", "203.0.113.9", False),  # scoped: a link of ours
+        ("::1%lo", "127.0.0.1", False),
     ],
 )
 async def test_which_contacts_a_peer_may_tell_us_about(

@@ -402,3 +402,15 @@ def test_a_contact_is_encoded_once_and_as_its_wire_form() -> None:
     assert first == cbor.encode(contact.to_wire())
     assert contact.encoded() is first
     assert contact == Contact(contact.node_id, contact.host, contact.port)  # not compared
+
+
+def test_contacts_from_the_wire_are_shared_only_when_id_and_address_match() -> None:
+    node_id = bytes(range(32))
+    first = Contact.from_wire([node_id, bytes([203, 0, 113, 7]), 4000])
+    again = Contact.from_wire([bytes(range(32)), bytes([203, 0, 113, 7]), 4000])
+    assert again is first  # one object per (id, address)
+    moved = Contact.from_wire([node_id, bytes([203, 0, 113, 7]), 4001])
+    elsewhere = Contact.from_wire([node_id, bytes([203, 0, 113, 8]), 4000])
+    assert (moved.host, moved.port) == ("203.0.113.7", 4001)
+    assert (elsewhere.host, elsewhere.port) == ("203.0.113.8", 4000)
+    assert moved.encoded() != first.encoded() != elsewhere.encoded()
