@@ -811,7 +811,7 @@ class Dht:
                 reply = fut.result().message
                 if isinstance(reply, Value):
                     take_records(reply, contact.addr)
-                    if reply.more and reply.records and not done.done():
+                    if reply.more and reply.records:
                         fetch_page(contact, offset + len(reply.records))
             check()
 
